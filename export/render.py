@@ -1,0 +1,72 @@
+"""Renders the Triton model repository from `model_repository/*/config.pbtxt.in` for one target.
+
+Each template is filled with `string.Template.substitute`: a key missing from the settings is an error
+naming the template and the key, never a silently unfilled `${...}`. Each model's `model.py` adapter is
+copied to `<out>/<model>/1/model.py`; a model without one (the ensemble) gets an empty `1/`.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import string
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import model_repository
+
+TEMPLATES_DIR = Path(model_repository.__file__).parent
+TARGETS = ("cpu",)
+
+
+class RenderError(Exception):
+    pass
+
+
+@dataclass(frozen=True)
+class ServingSettings:
+    policy: str = "continuous"
+    max_waiting_requests: int = 64
+    max_running_requests: int = 16
+    unet_threads: int = 2
+    vae_threads: int = 2
+    text_encoder_threads: int = 1
+
+
+def template_values(model_dir: Path, settings: ServingSettings) -> dict[str, str]:
+    manifest = json.loads((model_dir / "manifest.json").read_text())
+    values = {
+        "model_dir": str(model_dir.resolve()),
+        "latent_channels": manifest["latent_channels"],
+        "text_max_length": manifest["text"]["max_length"],
+        "text_hidden_size": manifest["text"]["hidden_size"],
+        **asdict(settings),
+    }
+    return {key: str(value) for key, value in values.items()}
+
+
+def fill(template_path: Path, values: dict[str, str]) -> str:
+    try:
+        return string.Template(template_path.read_text()).substitute(values)
+    except KeyError as missing:
+        raise RenderError(f"{template_path}: no value for ${{{missing.args[0]}}}") from None
+    except ValueError as error:
+        raise RenderError(f"{template_path}: {error}") from None
+
+
+def render_repository(model_dir: Path, out_dir: Path, target: str = "cpu",
+                      settings: ServingSettings = ServingSettings()) -> Path:
+    """Writes a complete model repository to `out_dir` (replacing what was there) and returns it."""
+    if target not in TARGETS:
+        raise RenderError(f"unknown target {target!r}; choose one of {', '.join(TARGETS)}")
+    values = template_values(model_dir, settings)
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    for template in sorted(TEMPLATES_DIR.glob("*/config.pbtxt.in")):
+        model_out = out_dir / template.parent.name
+        (model_out / "1").mkdir(parents=True)
+        (model_out / "config.pbtxt").write_text(fill(template, values))
+        adapter = template.parent / "model.py"
+        if adapter.exists():
+            shutil.copy(adapter, model_out / "1" / "model.py")
+    return out_dir

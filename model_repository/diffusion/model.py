@@ -1,0 +1,211 @@
+"""diffusion: the SynerDiff loop as a decoupled Python-backend model (one instance).
+
+`execute` (async; the stub runs it on its event loop without waiting for it) validates each request,
+encodes its prompt through BLS when it came with text, and hands it to the engine. One long-lived task on
+the same event loop runs the engine: check cancellations, `engine.step()`, send what the step produced.
+Everything runs on one thread, so the engine needs no locks.
+
+Guarantees kept here: every request gets exactly one final response (image or error) on every path —
+invalid input, full queue, cancellation, model failure, loop failure, shutdown; a cancelled request
+leaves the batch before the next step.
+
+Parameters: `model_dir`, `policy`, `max_waiting_requests`, `max_running_requests`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import secrets
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+
+from model_repository import triton_edge
+from model_repository.bls_executor import BlsExecutor
+from model_repository.diffusion_metrics import DiffusionMetrics
+from scheduler_backend.engine import Engine, Event, RequestFinished, StepProgress, StepReport
+from scheduler_backend.errors import Cancelled, ExecutionFailed, Overloaded, SynerDiffError
+from scheduler_backend.limits import Limits, ModelSpec
+from scheduler_backend.policies import make_planner
+from scheduler_backend.request import GENERATION_INPUTS, PROMPT_EMBEDS, GenerationParams, validate_generation
+from scheduler_backend.sampler import NoiseSchedule
+
+_SHUTDOWN_WAIT_S = 30.0
+_NO_IMAGE = np.zeros((0, 0, 3), dtype=np.uint8)
+
+
+@dataclass
+class _Client:
+    request: Any
+    sender: Any
+    params: GenerationParams
+    arrived_s: float
+
+
+class TritonPythonModel:
+    def initialize(self, args: Mapping[str, str]) -> None:
+        parameters = triton_edge.config_parameters(args)
+        manifest = json.loads((Path(parameters["model_dir"]) / "manifest.json").read_text())
+        self._limits = Limits(ModelSpec.from_manifest(manifest),
+                              max_waiting_requests=int(parameters.get("max_waiting_requests", "64")),
+                              max_running_requests=int(parameters.get("max_running_requests", "16")))
+        self._executor = BlsExecutor()
+        self._engine = Engine(self._executor, make_planner(parameters.get("policy", "continuous"), self._limits),
+                              self._limits, NoiseSchedule.from_dict(manifest["scheduler"]))
+        self._metrics = DiffusionMetrics(triton_edge.MetricFactory(args["model_name"]))
+        self._clients: dict[str, _Client] = {}
+        self._ids = itertools.count()
+        self._encoding = 0  # requests between validation and engine.add (their prompts are being encoded)
+        self._closing = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._wake: asyncio.Event | None = None
+        self._stopped = threading.Event()
+        triton_edge.log_info(f"diffusion: policy {parameters.get('policy', 'continuous')}, limits {self._limits}")
+
+    # -- intake ---------------------------------------------------------------------------------
+
+    async def execute(self, requests: list[Any]) -> None:
+        self._start_loop()
+        await asyncio.gather(*(self._accept(request, sender)
+                               for request, sender in triton_edge.iter_requests(requests)))
+        return None
+
+    async def _accept(self, request: Any, sender: Any) -> None:
+        try:
+            fields = triton_edge.input_arrays(request, GENERATION_INPUTS)
+            params = validate_generation(fields, self._limits, lambda: secrets.randbits(32))
+            self._check_capacity()
+            arrived_s = time.monotonic()
+            if params.prompts is not None:
+                self._encoding += 1
+                try:
+                    embeddings = await self._executor.encode_prompts(params.prompts)
+                finally:
+                    self._encoding -= 1
+            else:
+                embeddings = np.array(fields[PROMPT_EMBEDS], dtype=np.float32)
+            if self._closing:
+                raise Overloaded("the server is shutting down")
+            request_id = f"r{next(self._ids)}"
+            self._engine.add(request_id, params, embeddings)
+        except SynerDiffError as error:
+            self._metrics.rejected(error)
+            triton_edge.send_final(sender, error)
+            return
+        except Exception as error:  # never leave a request without its final response
+            triton_edge.log_error(f"diffusion: intake failed: {error!r}")
+            triton_edge.send_final(sender, ExecutionFailed("internal error while accepting the request"))
+            return
+        self._clients[request_id] = _Client(request, sender, params, arrived_s)
+        assert self._wake is not None
+        self._wake.set()
+
+    def _check_capacity(self) -> None:
+        if self._closing:
+            raise Overloaded("the server is shutting down")
+        if self._engine.num_waiting + self._encoding >= self._limits.max_waiting_requests:
+            raise Overloaded(f"the waiting queue is full ({self._limits.max_waiting_requests} requests); "
+                             "retry later")
+
+    # -- the loop -------------------------------------------------------------------------------
+
+    def _start_loop(self) -> None:
+        """Start the loop task on the stub's event loop (known only inside execute); restart it if it died."""
+        if self._loop is None:
+            self._loop = asyncio.get_running_loop()
+            self._wake = asyncio.Event()
+        if self._task is None or self._task.done():
+            self._stopped.clear()
+            self._task = self._loop.create_task(self._run())
+
+    async def _run(self) -> None:
+        assert self._wake is not None
+        ending: SynerDiffError = Overloaded("the server is shutting down")
+        try:
+            while not self._closing:
+                if not self._engine.has_work:
+                    self._wake.clear()
+                    await self._wake.wait()
+                    continue
+                self._reap_cancelled()
+                report = await self._engine.step()
+                self._deliver(report.events)
+                self._record(report)
+        except Exception as error:
+            triton_edge.log_error(f"diffusion: loop failed: {error!r}")
+            ending = ExecutionFailed("the generation loop failed; see the server log")
+        finally:
+            self._deliver(self._engine.fail_all(ending))
+            self._stopped.set()
+
+    def _record(self, report: StepReport) -> None:
+        try:
+            self._metrics.step(report, self._engine)
+        except Exception as error:  # metrics must never stop generation
+            triton_edge.log_error(f"diffusion: metrics: {error!r}")
+
+    def _reap_cancelled(self) -> None:
+        for request_id, client in list(self._clients.items()):
+            if client.request.is_cancelled():
+                event = self._engine.abort(request_id, Cancelled("request cancelled by the client"))
+                if event is not None:
+                    self._deliver([event])
+
+    def _deliver(self, events: list[Event] | tuple[Event, ...]) -> None:
+        for event in events:
+            if isinstance(event, StepProgress):
+                client = self._clients.get(event.request_id)
+                if client is not None:
+                    self._send(client, triton_edge.response(self._outputs(client, _NO_IMAGE, event.steps_done)))
+            elif isinstance(event, RequestFinished):
+                client = self._clients.pop(event.request_id, None)
+                if client is not None:
+                    self._finish(event.request_id, client, event)
+
+    def _finish(self, request_id: str, client: _Client, event: RequestFinished) -> None:
+        """The final response first; bookkeeping after, and never at its expense."""
+        outcome = event.error if event.error is not None else self._outputs(client, event.image,
+                                                                            client.params.num_steps)
+        try:
+            triton_edge.send_final(client.sender, outcome)
+        except Exception as error:  # the client is gone; nothing more can be sent
+            triton_edge.log_error(f"diffusion: final response for {request_id} not sent: {error!r}")
+        try:
+            self._metrics.finished(event, time.monotonic() - client.arrived_s)
+        except Exception as error:
+            triton_edge.log_error(f"diffusion: metrics: {error!r}")
+
+    @staticmethod
+    def _outputs(client: _Client, image: np.ndarray | None, step: int) -> dict[str, np.ndarray]:
+        assert image is not None
+        return {"IMAGE": image, "STEP": np.array([step], dtype=np.int32),
+                "SEED_USED": np.array([client.params.seed], dtype=np.int64)}
+
+    @staticmethod
+    def _send(client: _Client, message: Any) -> None:
+        try:
+            client.sender.send(message)
+        except Exception:  # a progress message to a client that left; its final comes via cancellation
+            pass
+
+    # -- shutdown -------------------------------------------------------------------------------
+
+    def finalize(self) -> None:
+        loop, wake = self._loop, self._wake
+        if loop is None or wake is None or loop.is_closed():
+            return
+
+        def close() -> None:
+            self._closing = True
+            wake.set()
+
+        loop.call_soon_threadsafe(close)
+        if not self._stopped.wait(_SHUTDOWN_WAIT_S):
+            triton_edge.log_error("diffusion: the loop did not stop in time")

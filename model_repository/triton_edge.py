@@ -1,0 +1,169 @@
+"""The Triton edge: the only module that touches `triton_python_backend_utils`.
+
+Everything a `model.py` needs from Triton goes through here: reading inputs, building responses,
+mapping the core's errors to Triton error codes, BLS calls, config parameters, metrics and logs.
+`triton_python_backend_utils` exists only inside the Python-backend stub, so it is imported lazily;
+this module can be imported (not used) anywhere.
+
+Error mapping (the only one in the project):
+    InvalidArgument -> INVALID_ARG, Overloaded -> UNAVAILABLE, Cancelled -> CANCELLED,
+    ExecutionFailed and anything unexpected -> INTERNAL (unexpected ones with a generic message:
+    a client never sees a traceback or a path).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Iterator, Mapping, Sequence
+
+import numpy as np
+
+from scheduler_backend.errors import Cancelled, ExecutionFailed, InvalidArgument, Overloaded, SynerDiffError
+
+
+def pb() -> Any:
+    import triton_python_backend_utils as pb_utils  # only inside the stub
+
+    return pb_utils
+
+
+def final_flag() -> int:
+    return pb().TRITONSERVER_RESPONSE_COMPLETE_FINAL
+
+
+def config_parameters(args: Mapping[str, str]) -> dict[str, str]:
+    """The `parameters` of a model's config.pbtxt, as plain strings."""
+    config = json.loads(args["model_config"])
+    return {key: value["string_value"] for key, value in config.get("parameters", {}).items()}
+
+
+def input_arrays(request: Any, names: Sequence[str]) -> dict[str, np.ndarray | None]:
+    """The named inputs of a request as numpy arrays; None for an input the client did not send."""
+    arrays: dict[str, np.ndarray | None] = {}
+    for name in names:
+        tensor = pb().get_input_tensor_by_name(request, name)
+        arrays[name] = None if tensor is None else tensor.as_numpy()
+    return arrays
+
+
+def response(outputs: Mapping[str, np.ndarray]) -> Any:
+    utils = pb()
+    return utils.InferenceResponse([utils.Tensor(name, np.ascontiguousarray(array))
+                                    for name, array in outputs.items()])
+
+
+def error_response(error: BaseException) -> Any:
+    utils = pb()
+    code, message = _triton_code(error)
+    return utils.InferenceResponse(error=utils.TritonError(message, getattr(utils.TritonError, code)))
+
+
+def _triton_code(error: BaseException) -> tuple[str, str]:
+    if isinstance(error, InvalidArgument):
+        return "INVALID_ARG", error.message
+    if isinstance(error, Overloaded):
+        return "UNAVAILABLE", error.message
+    if isinstance(error, Cancelled):
+        return "CANCELLED", error.message
+    if isinstance(error, SynerDiffError):
+        return "INTERNAL", error.message
+    return "INTERNAL", "internal error; see the server log"
+
+
+def send_final(sender: Any, outcome: Mapping[str, np.ndarray] | BaseException) -> None:
+    """Send the one final response of a request (outputs, or an error)."""
+    message = error_response(outcome) if isinstance(outcome, BaseException) else response(outcome)
+    sender.send(message, flags=final_flag())
+
+
+def _bls_request(model: str, inputs: Mapping[str, np.ndarray], outputs: Sequence[str]) -> Any:
+    utils = pb()
+    return utils.InferenceRequest(model_name=model, requested_output_names=list(outputs),
+                                  inputs=[utils.Tensor(name, np.ascontiguousarray(array))
+                                          for name, array in inputs.items()])
+
+
+def _bls_failure(model: str, error: Any) -> SynerDiffError:
+    message = error.message()
+    if "not ready" in message or "shutting down" in message or "unavailable" in message.lower():
+        return Overloaded("the server is shutting down")
+    return ExecutionFailed(f"{model} failed: {message}")
+
+
+def _outputs(model: str, reply: Any, outputs: Sequence[str]) -> dict[str, np.ndarray]:
+    if reply.has_error():
+        raise _bls_failure(model, reply.error())
+    arrays = {}
+    for name in outputs:
+        tensor = pb().get_output_tensor_by_name(reply, name)
+        if tensor is None:
+            raise ExecutionFailed(f"{model} returned no {name}")
+        arrays[name] = tensor.as_numpy()
+    return arrays
+
+
+async def bls_infer(model: str, inputs: Mapping[str, np.ndarray], outputs: Sequence[str]) -> dict[str, np.ndarray]:
+    """One BLS call, awaited on the caller's event loop; raises a `SynerDiffError` on failure."""
+    reply = await _bls_request(model, inputs, outputs).async_exec()
+    return _outputs(model, reply, outputs)
+
+
+def bls_stream_final(model: str, inputs: Mapping[str, np.ndarray],
+                     outputs: Sequence[str]) -> Mapping[str, np.ndarray] | Any:
+    """Call a decoupled model and return the outputs of its last data response, or its error response
+    unchanged (so its Triton error code reaches the client as it is). Blocking: call from a thread."""
+    last: dict[str, np.ndarray] | None = None
+    for reply in _bls_request(model, inputs, outputs).exec(decoupled=True):
+        if reply.has_error():
+            return pb().InferenceResponse(error=reply.error())
+        present = {name: tensor.as_numpy() for name in outputs
+                   if (tensor := pb().get_output_tensor_by_name(reply, name)) is not None}
+        if present:
+            last = present
+    if last is None:
+        return error_response(ExecutionFailed(f"{model} sent no final response"))
+    return last
+
+
+def log_info(message: str) -> None:
+    pb().Logger.log_info(message)
+
+
+def log_error(message: str) -> None:
+    pb().Logger.log_error(message)
+
+
+class MetricFactory:
+    """Creates Prometheus metrics on Triton's /metrics endpoint, all labelled with the model name.
+
+    The families are kept referenced here: a family object that is garbage-collected disappears.
+    """
+
+    def __init__(self, model_name: str) -> None:
+        self._labels = {"model": model_name}
+        self._families: list[Any] = []
+
+    def _family(self, name: str, description: str, kind: str) -> Any:
+        utils = pb()
+        family = utils.MetricFamily(name=name, description=description, kind=getattr(utils.MetricFamily, kind))
+        self._families.append(family)
+        return family
+
+    def gauge(self, name: str, description: str) -> Any:
+        return self._family(name, description, "GAUGE").Metric(labels=self._labels)
+
+    def counter(self, name: str, description: str, labels: Mapping[str, str] | None = None) -> Any:
+        return self._family(name, description, "COUNTER").Metric(labels={**self._labels, **(labels or {})})
+
+    def counters(self, name: str, description: str, label: str, values: Sequence[str]) -> dict[str, Any]:
+        family = self._family(name, description, "COUNTER")
+        return {value: family.Metric(labels={**self._labels, label: value}) for value in values}
+
+    def histogram(self, name: str, description: str, buckets: Sequence[float]) -> Any:
+        return self._family(name, description, "HISTOGRAM").Metric(labels=self._labels, buckets=list(buckets))
+
+
+def iter_requests(requests: Sequence[Any]) -> Iterator[tuple[Any, Any]]:
+    """(request, response sender) pairs."""
+    for request in requests:
+        yield request, request.get_response_sender()

@@ -1,0 +1,1 @@
+"""Serving harness and measurement: server launcher, load generator, benchmark, simulator, profiler."""

@@ -1,0 +1,47 @@
+"""`synerdiff serve` / scripts/serve.sh: export a preset (if not yet exported), render the CPU repository,
+and run tritonserver in the foreground on 127.0.0.1 (HTTP 8000, gRPC 8001, metrics 8002)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+from export.exporter import export_models
+from export.render import ServingSettings, render_repository
+from perf.server import Ports, server_command, server_environment
+from scheduler_backend.policies import POLICIES
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--preset", default="tiny", help="model preset to export and serve (tiny, bench, sd15)")
+    parser.add_argument("--checkpoint", type=Path, help="serve a local diffusers checkpoint instead of a preset")
+    parser.add_argument("--policy", choices=POLICIES, default=ServingSettings.policy)
+    parser.add_argument("--address", default="127.0.0.1", help="bind address (default: loopback only)")
+    parser.add_argument("--http-port", type=int, default=8000)
+    parser.add_argument("--grpc-port", type=int, default=8001)
+    parser.add_argument("--metrics-port", type=int, default=8002)
+    parser.add_argument("--build-dir", type=Path, default=ROOT / "build")
+
+
+def run(args: argparse.Namespace) -> int:
+    name = args.checkpoint.name if args.checkpoint else args.preset
+    model_dir = export_models(args.checkpoint or args.preset, args.build_dir / "models" / name, seed=0, force=False)
+    repository = render_repository(model_dir, args.build_dir / "repository" / name,
+                                   settings=ServingSettings(policy=args.policy))
+    command = server_command(repository, Ports(args.http_port, args.grpc_port, args.metrics_port), args.address)
+    print(f"serving {model_dir} from {repository}: {' '.join(command)}", flush=True)
+    os.execve(command[0], command, server_environment())
+    return 0  # not reached
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(prog="python -m perf.serve", description=__doc__)
+    add_arguments(parser)
+    return run(parser.parse_args())
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

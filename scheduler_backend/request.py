@@ -1,0 +1,203 @@
+"""Generation requests: the typed parameters and the one validator at the boundary.
+
+The validator takes the raw input tensors of a request exactly as the client sent them (a mapping from
+the public input name to a numpy array, or None when the optional input was absent) and returns a
+`GenerationParams`, or raises `InvalidArgument` naming the input and the allowed range. Nothing past
+this module sees unvalidated data. The public input names are the model's input tensor names
+(docs/interfaces.md), so an error message names exactly what the client sent.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable, Mapping
+
+import numpy as np
+
+from scheduler_backend.errors import InvalidArgument
+from scheduler_backend.limits import Limits
+from scheduler_backend.sampler import SamplerKind
+
+PROMPT = "PROMPT"
+NEGATIVE_PROMPT = "NEGATIVE_PROMPT"
+PROMPT_EMBEDS = "PROMPT_EMBEDS"
+STEPS = "STEPS"
+GUIDANCE_SCALE = "GUIDANCE_SCALE"
+SEED = "SEED"
+HEIGHT = "HEIGHT"
+WIDTH = "WIDTH"
+SAMPLER = "SAMPLER"
+PROGRESS = "PROGRESS"
+
+GENERATION_INPUTS = (PROMPT, NEGATIVE_PROMPT, PROMPT_EMBEDS, STEPS, GUIDANCE_SCALE, SEED, HEIGHT, WIDTH,
+                     SAMPLER, PROGRESS)
+
+RawFields = Mapping[str, "np.ndarray | None"]
+
+
+@dataclass(frozen=True)
+class PromptPair:
+    """The texts to encode: the prompt and the negative (unconditional) prompt."""
+
+    prompt: str
+    negative_prompt: str
+
+
+@dataclass(frozen=True)
+class GenerationParams:
+    """A validated request. `prompt` is None when the client sent precomputed embeddings."""
+
+    prompts: PromptPair | None
+    num_steps: int
+    guidance_scale: float
+    seed: int
+    height: int
+    width: int
+    sampler: SamplerKind
+    progress: bool
+
+    @property
+    def uses_cfg(self) -> bool:
+        """Classifier-free guidance needs the unconditional row too (diffusers: guidance_scale > 1)."""
+        return self.guidance_scale > 1.0
+
+
+def validate_prompts(fields: RawFields, limits: Limits) -> PromptPair:
+    """Validate PROMPT (required) and NEGATIVE_PROMPT (optional, default "")."""
+    prompt = _text(fields, PROMPT, limits, required=True)
+    negative = _text(fields, NEGATIVE_PROMPT, limits, required=False)
+    if not prompt.strip():
+        raise InvalidArgument(PROMPT, "must not be empty")
+    return PromptPair(prompt=prompt, negative_prompt=negative or "")
+
+
+def validate_embeddings(fields: RawFields, limits: Limits) -> np.ndarray:
+    """Validate PROMPT_EMBEDS: float32 [2, max_length, hidden] (row 0 unconditional, row 1 prompt), finite."""
+    array = fields.get(PROMPT_EMBEDS)
+    spec = limits.model
+    expected = (2, spec.text_max_length, spec.text_hidden_size)
+    if array is None:
+        raise InvalidArgument(PROMPT_EMBEDS, "is required when PROMPT is absent")
+    if array.dtype != np.float32:
+        raise InvalidArgument(PROMPT_EMBEDS, f"must be FP32, got {array.dtype}")
+    if tuple(array.shape) != expected:
+        raise InvalidArgument(PROMPT_EMBEDS, f"must have shape {list(expected)}, got {list(array.shape)}")
+    if not np.isfinite(array).all():
+        raise InvalidArgument(PROMPT_EMBEDS, "must be finite (no NaN or inf)")
+    return array
+
+
+def validate_generation(fields: RawFields, limits: Limits, draw_seed: Callable[[], int]) -> GenerationParams:
+    """Validate every generation input. Exactly one of PROMPT and PROMPT_EMBEDS must be present.
+
+    `draw_seed` supplies the seed when SEED is absent (the response reports the seed used).
+    """
+    has_prompt = fields.get(PROMPT) is not None
+    has_embeds = fields.get(PROMPT_EMBEDS) is not None
+    if has_prompt and has_embeds:
+        raise InvalidArgument(PROMPT_EMBEDS, "must not be sent together with PROMPT")
+    if not has_prompt and not has_embeds:
+        raise InvalidArgument(PROMPT, "is required (or send PROMPT_EMBEDS)")
+    if has_embeds and fields.get(NEGATIVE_PROMPT) is not None:
+        raise InvalidArgument(NEGATIVE_PROMPT, "must not be sent with PROMPT_EMBEDS (row 0 is the negative)")
+    prompts = validate_prompts(fields, limits) if has_prompt else None
+    if has_embeds:
+        validate_embeddings(fields, limits)
+
+    num_steps = _integer(fields, STEPS, 1, limits.max_steps, limits.default_steps)
+    guidance = _real(fields, GUIDANCE_SCALE, 0.0, limits.max_guidance_scale, limits.default_guidance_scale)
+    seed_value = _integer(fields, SEED, 0, limits.max_seed, None)
+    seed = draw_seed() if seed_value is None else seed_value
+    height = _size(fields, HEIGHT, limits)
+    width = _size(fields, WIDTH, limits)
+    sampler_name = _text(fields, SAMPLER, limits, required=False)
+    sampler = SamplerKind.DDIM if sampler_name is None else _sampler(sampler_name)
+    progress = _flag(fields, PROGRESS)
+    return GenerationParams(prompts=prompts, num_steps=num_steps, guidance_scale=guidance, seed=seed,
+                            height=height, width=width, sampler=sampler, progress=progress)
+
+
+def _single(fields: RawFields, name: str) -> object | None:
+    """The one element of a [1]-shaped input, or None when absent."""
+    array = fields.get(name)
+    if array is None:
+        return None
+    if array.size != 1:
+        raise InvalidArgument(name, f"must hold exactly one value, got shape {list(array.shape)}")
+    return array.reshape(-1)[0]
+
+
+def _text(fields: RawFields, name: str, limits: Limits, required: bool) -> str | None:
+    value = _single(fields, name)
+    if value is None:
+        if required:
+            raise InvalidArgument(name, "is required")
+        return None
+    if isinstance(value, np.str_):
+        value = str(value).encode("utf-8")
+    if not isinstance(value, (bytes, np.bytes_)):
+        raise InvalidArgument(name, "must be a BYTES (UTF-8 string) tensor")
+    raw = bytes(value)
+    if len(raw) > 4 * limits.max_prompt_chars:
+        raise InvalidArgument(name, f"must be at most {limits.max_prompt_chars} characters")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise InvalidArgument(name, "must be valid UTF-8") from None
+    if len(text) > limits.max_prompt_chars:
+        raise InvalidArgument(name, f"must be at most {limits.max_prompt_chars} characters, got {len(text)}")
+    if "\x00" in text:
+        raise InvalidArgument(name, "must not contain NUL characters")
+    return text
+
+
+def _integer(fields: RawFields, name: str, low: int, high: int, default: int | None) -> int | None:
+    value = _single(fields, name)
+    if value is None:
+        return default
+    if not isinstance(value, (np.integer, int)) or isinstance(value, (bool, np.bool_)):
+        raise InvalidArgument(name, f"must be an integer in [{low}, {high}]")
+    number = int(value)
+    if not low <= number <= high:
+        raise InvalidArgument(name, f"must be in [{low}, {high}], got {number}")
+    return number
+
+
+def _real(fields: RawFields, name: str, low: float, high: float, default: float) -> float:
+    value = _single(fields, name)
+    if value is None:
+        return default
+    if not isinstance(value, (np.floating, np.integer, float, int)) or isinstance(value, (bool, np.bool_)):
+        raise InvalidArgument(name, f"must be a number in [{low}, {high}]")
+    number = float(value)
+    if not math.isfinite(number) or not low <= number <= high:
+        raise InvalidArgument(name, f"must be a finite number in [{low}, {high}], got {number}")
+    return number
+
+
+def _size(fields: RawFields, name: str, limits: Limits) -> int:
+    spec = limits.model
+    size = _integer(fields, name, spec.size_multiple, spec.max_size, spec.default_size)
+    assert size is not None
+    if size % spec.size_multiple:
+        raise InvalidArgument(
+            name, f"must be a multiple of {spec.size_multiple} in [{spec.size_multiple}, {spec.max_size}], got {size}")
+    return size
+
+
+def _sampler(name: str) -> SamplerKind:
+    try:
+        return SamplerKind(name.strip().lower())
+    except ValueError:
+        allowed = ", ".join(kind.value for kind in SamplerKind)
+        raise InvalidArgument(SAMPLER, f"must be one of {allowed}, got {name!r}") from None
+
+
+def _flag(fields: RawFields, name: str) -> bool:
+    value = _single(fields, name)
+    if value is None:
+        return False
+    if not isinstance(value, (bool, np.bool_)):
+        raise InvalidArgument(name, "must be a BOOL")
+    return bool(value)
