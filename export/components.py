@@ -63,7 +63,8 @@ class Components:
         if self.unet.config.cross_attention_dim != self.text_hidden_size:
             problems.append(f"UNet cross_attention_dim {self.unet.config.cross_attention_dim} "
                             f"!= text hidden size {self.text_hidden_size}")
-        if self.vae.config.latent_channels != self.latent_channels or self.unet.config.out_channels != self.latent_channels:
+        channels = {self.latent_channels, self.unet.config.out_channels, self.vae.config.latent_channels}
+        if len(channels) != 1:
             problems.append("UNet in/out channels and VAE latent channels differ")
         if self.text_encoder.config.vocab_size < self.tokenizer.vocab_size:
             problems.append(f"text encoder vocab {self.text_encoder.config.vocab_size} "

@@ -84,10 +84,17 @@ def _bls_request(model: str, inputs: Mapping[str, np.ndarray], outputs: Sequence
 
 
 def _bls_failure(model: str, error: Any) -> SynerDiffError:
-    message = error.message()
-    if "not ready" in message or "shutting down" in message or "unavailable" in message.lower():
-        return Overloaded("the server is shutting down")
-    return ExecutionFailed(f"{model} failed: {message}")
+    """A BLS error as the core's error. Responses of a decoupled model arrive through BLS as INTERNAL
+    whatever their code (2.51), so an overload is also recognised by its message."""
+    code, message = error.code(), error.message()
+    codes = pb().TritonError
+    if code == codes.INVALID_ARG:
+        return ExecutionFailed(f"{model} rejected an internal request: {message}")
+    if code == codes.CANCELLED:
+        return Cancelled(message)
+    if code == codes.UNAVAILABLE or Overloaded.RETRY_HINT in message or "not ready" in message:
+        return Overloaded(message if Overloaded.RETRY_HINT in message else "the server is shutting down")
+    return ExecutionFailed(message if model == "diffusion" else f"{model} failed: {message}")
 
 
 def _outputs(model: str, reply: Any, outputs: Sequence[str]) -> dict[str, np.ndarray]:
@@ -108,20 +115,19 @@ async def bls_infer(model: str, inputs: Mapping[str, np.ndarray], outputs: Seque
     return _outputs(model, reply, outputs)
 
 
-def bls_stream_final(model: str, inputs: Mapping[str, np.ndarray],
-                     outputs: Sequence[str]) -> Mapping[str, np.ndarray] | Any:
-    """Call a decoupled model and return the outputs of its last data response, or its error response
-    unchanged (so its Triton error code reaches the client as it is). Blocking: call from a thread."""
+def bls_stream_final(model: str, inputs: Mapping[str, np.ndarray], outputs: Sequence[str]) -> dict[str, np.ndarray]:
+    """Call a decoupled model; return the outputs of its last data response, or raise its error as a
+    `SynerDiffError`. Blocking: call it from a thread."""
     last: dict[str, np.ndarray] | None = None
     for reply in _bls_request(model, inputs, outputs).exec(decoupled=True):
         if reply.has_error():
-            return pb().InferenceResponse(error=reply.error())
+            raise _bls_failure(model, reply.error())
         present = {name: tensor.as_numpy() for name in outputs
                    if (tensor := pb().get_output_tensor_by_name(reply, name)) is not None}
         if present:
             last = present
     if last is None:
-        return error_response(ExecutionFailed(f"{model} sent no final response"))
+        raise ExecutionFailed(f"{model} sent no final response")
     return last
 
 

@@ -124,8 +124,7 @@ class Engine:
         if request_id in self._live:
             raise ValueError(f"request id {request_id!r} is already live")
         if len(self._queues.waiting) >= self._limits.max_waiting_requests:
-            raise Overloaded(f"the waiting queue is full ({self._limits.max_waiting_requests} requests); "
-                             "retry later")
+            raise Overloaded(f"the waiting queue is full ({self._limits.max_waiting_requests} requests)")
         sampler_plan = make_sampler_plan(params.sampler, self._schedule, params.num_steps)
         shape = self._limits.model.latent_shape(params.height, params.width)
         rows = text_embeddings if params.uses_cfg else text_embeddings[1:]

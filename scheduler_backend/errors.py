@@ -31,7 +31,13 @@ class InvalidArgument(SynerDiffError):
 
 
 class Overloaded(SynerDiffError):
-    """The server cannot take the request now (queue full, shutting down)."""
+    """The server cannot take the request now (queue full, shutting down). Messages end with
+    `RETRY_HINT`, which is also how an overload is recognised after a hop that loses error codes."""
+
+    RETRY_HINT = "retry later"
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason if reason.endswith(self.RETRY_HINT) else f"{reason}; {self.RETRY_HINT}")
 
 
 class Cancelled(SynerDiffError):

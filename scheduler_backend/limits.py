@@ -6,8 +6,15 @@ serving configuration (queue and batch bounds). The validator and the engine rea
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Mapping
+
+
+def read_manifest(model_dir: Path | str) -> dict[str, Any]:
+    """The exported model directory's manifest.json (docs/interfaces.md)."""
+    return json.loads((Path(model_dir) / "manifest.json").read_text())
 
 
 @dataclass(frozen=True)

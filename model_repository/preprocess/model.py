@@ -6,7 +6,6 @@ Parameters: `model_dir` (the exported model directory: manifest.json, tokenizer/
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -14,7 +13,7 @@ import numpy as np
 
 from model_repository import triton_edge
 from scheduler_backend.errors import SynerDiffError
-from scheduler_backend.limits import Limits, ModelSpec
+from scheduler_backend.limits import Limits, ModelSpec, read_manifest
 from scheduler_backend.prompt_tokens import TokenLayout
 from scheduler_backend.request import NEGATIVE_PROMPT, PROMPT, validate_prompts
 
@@ -24,7 +23,7 @@ class TritonPythonModel:
         from tokenizers import Tokenizer
 
         model_dir = Path(triton_edge.config_parameters(args)["model_dir"])
-        manifest = json.loads((model_dir / "manifest.json").read_text())
+        manifest = read_manifest(model_dir)
         self._limits = Limits(ModelSpec.from_manifest(manifest))
         text = manifest["text"]
         self._layout = TokenLayout(text["bos_id"], text["eos_id"], text["pad_id"], text["max_length"])

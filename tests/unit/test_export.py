@@ -76,6 +76,10 @@ def test_manifest_agrees_with_models(tiny_dir: Path, manifest: dict[str, Any]) -
     assert 2 ** (len(components.vae.config.block_out_channels) - 1) == manifest["vae_scale_factor"]
     text_out = session(tiny_dir, "text_encoder").get_outputs()[0]
     assert text_out.shape[1:] == [77, manifest["text"]["hidden_size"]]
+    # the transformers view of the tokenizer (for diffusers golden runs) pads like the consumer must
+    padded = components.transformers_tokenizer()("a photo", padding="max_length", max_length=77).input_ids
+    assert len(padded) == 77 and padded[0] == manifest["text"]["bos_id"]
+    assert padded[-1] == manifest["text"]["pad_id"]
 
 
 @pytest.mark.parametrize("graph", sorted(GRAPH_IO))
