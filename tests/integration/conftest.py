@@ -1,0 +1,62 @@
+"""Integration fixtures: a real tritonserver (nvidia-pytriton's 2.51 build) serving the `tiny` export.
+
+One server per test session, on free loopback ports, policy `continuous`. Its log is kept under
+build/test-logs/ and its tail is printed when a test fails.
+"""
+
+from __future__ import annotations
+
+import socket
+import urllib.request
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from export.exporter import export_models
+from export.render import ServingSettings, render_repository
+from perf.server import Ports, TritonServer
+
+ROOT = Path(__file__).resolve().parents[2]
+BUILD = ROOT / "build"
+
+
+def free_ports(count: int) -> list[int]:
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for sock in sockets:
+            sock.bind(("127.0.0.1", 0))
+        return [sock.getsockname()[1] for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+@pytest.fixture(scope="session")
+def tiny_models() -> Path:
+    return export_models("tiny", BUILD / "models" / "tiny", seed=0, show_progress=False, log=lambda _: None)
+
+
+def start_server(models: Path, name: str, settings: ServingSettings) -> TritonServer:
+    repository = render_repository(models, BUILD / "test-repositories" / name, settings=settings)
+    log = BUILD / "test-logs" / f"{name}.log"
+    log.unlink(missing_ok=True)
+    return TritonServer(repository, Ports(*free_ports(3)), log).start()
+
+
+@pytest.fixture(scope="session")
+def server(tiny_models: Path) -> Iterator[TritonServer]:
+    running = start_server(tiny_models, "continuous", ServingSettings(policy="continuous", max_running_requests=16))
+    yield running
+    running.stop()
+
+
+def metric_value(server: TritonServer, name: str, labels: str = "") -> float:
+    """Sum of the samples of one metric on /metrics (optionally only those whose labels contain `labels`)."""
+    with urllib.request.urlopen(server.ports.metrics_url, timeout=5) as reply:
+        text = reply.read().decode()
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith(name) and (line[len(name)] in " {") and labels in line:
+            total += float(line.rsplit(" ", 1)[1])
+    return total
