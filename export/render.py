@@ -60,13 +60,20 @@ def render_repository(model_dir: Path, out_dir: Path, target: str = "cpu",
     if target not in TARGETS:
         raise RenderError(f"unknown target {target!r}; choose one of {', '.join(TARGETS)}")
     values = template_values(model_dir, settings)
+    staging = out_dir.with_name(out_dir.name + ".rendering")
+    shutil.rmtree(staging, ignore_errors=True)
+    try:  # render beside the old repository and swap at the end: a failure leaves the old one intact
+        for template in sorted(TEMPLATES_DIR.glob("*/config.pbtxt.in")):
+            model_out = staging / template.parent.name
+            (model_out / "1").mkdir(parents=True)
+            (model_out / "config.pbtxt").write_text(fill(template, values))
+            adapter = template.parent / "model.py"
+            if adapter.exists():
+                shutil.copy(adapter, model_out / "1" / "model.py")
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
     if out_dir.exists():
         shutil.rmtree(out_dir)
-    for template in sorted(TEMPLATES_DIR.glob("*/config.pbtxt.in")):
-        model_out = out_dir / template.parent.name
-        (model_out / "1").mkdir(parents=True)
-        (model_out / "config.pbtxt").write_text(fill(template, values))
-        adapter = template.parent / "model.py"
-        if adapter.exists():
-            shutil.copy(adapter, model_out / "1" / "model.py")
+    staging.rename(out_dir)
     return out_dir

@@ -238,7 +238,15 @@ class Engine:
     async def _run_vae(self, batch: list[_Generation]) -> np.ndarray:
         return await self._executor.run_vae(np.stack([generation.latent for generation in batch]))
 
+    def _is_live(self, generation: _Generation) -> bool:
+        """Still the same live request (not aborted, and its id not reused, while a call ran)."""
+        return self._live.get(generation.request_id) is generation
+
     def _apply_unet(self, batch: list[_Generation], outcome: np.ndarray | BaseException) -> list[Event]:
+        rows = sum(generation.unet_rows for generation in batch)
+        expected = (rows, *batch[0].latent.shape)
+        if not isinstance(outcome, BaseException) and outcome.shape != expected:
+            outcome = ExecutionFailed(f"UNet returned shape {list(outcome.shape)}, expected {list(expected)}")
         if isinstance(outcome, BaseException):
             return self._fail(batch, outcome, "UNet")
         events: list[Event] = []
@@ -247,7 +255,7 @@ class Engine:
         for generation in batch:
             rows = outcome[row:row + generation.unet_rows]
             row += generation.unet_rows
-            if generation.request_id not in self._live:
+            if not self._is_live(generation):
                 continue  # aborted while the call ran
             params, plan, k = generation.params, generation.sampler_plan, generation.steps_done
             noise = (guided_noise(rows[0:1], rows[1:2], np.float32([params.guidance_scale]))[0]
@@ -273,18 +281,22 @@ class Engine:
         return events
 
     def _apply_vae(self, batch: list[_Generation], outcome: np.ndarray | BaseException) -> list[Event]:
+        if not isinstance(outcome, BaseException) and (outcome.ndim != 4 or outcome.shape[:2] != (len(batch), 3)):
+            outcome = ExecutionFailed(f"VAE decoder returned shape {list(outcome.shape)}, expected [{len(batch)}, 3, H, W]")
         if isinstance(outcome, BaseException):
             return self._fail(batch, outcome, "VAE decoder")
         images = to_uint8_images(outcome)
         events: list[Event] = []
         for generation, image in zip(batch, images):
-            if self._live.pop(generation.request_id, None) is not None:
+            if self._is_live(generation):
+                del self._live[generation.request_id]
                 events.append(RequestFinished(generation.request_id, image=image))
         return events
 
     def _fail(self, batch: list[_Generation], cause: BaseException, model: str) -> list[Event]:
         error = cause if isinstance(cause, SynerDiffError) else ExecutionFailed(f"{model} call failed")
-        return [event for generation in batch if (event := self.abort(generation.request_id, error))]
+        return [event for generation in batch
+                if self._is_live(generation) and (event := self.abort(generation.request_id, error))]
 
 
 def _mixed_timesteps(batch: Sequence[_Generation]) -> bool:

@@ -19,6 +19,10 @@ class TokenLayout:
     pad_id: int
     max_length: int
 
+    def __post_init__(self) -> None:
+        if self.max_length < 2:
+            raise ValueError(f"max_length must be >= 2 (BOS and EOS), got {self.max_length}")
+
     def row(self, token_ids: Sequence[int]) -> np.ndarray:
         """[max_length] int64: BOS, at most max_length - 2 tokens, EOS, padding."""
         body = list(token_ids)[: self.max_length - 2]
