@@ -76,6 +76,10 @@ class StepReport:
     vae_images: int = 0
     latency_s: float = 0.0
 
+    @property
+    def is_idle(self) -> bool:
+        return not (self.events or self.unet_calls or self.vae_images)
+
 
 @dataclass(eq=False)
 class _Generation:
@@ -123,8 +127,7 @@ class Engine:
         """
         if request_id in self._live:
             raise ValueError(f"request id {request_id!r} is already live")
-        if len(self._queues.waiting) >= self._limits.max_waiting_requests:
-            raise Overloaded(f"the waiting queue is full ({self._limits.max_waiting_requests} requests)")
+        self.ensure_capacity()
         sampler_plan = make_sampler_plan(params.sampler, self._schedule, params.num_steps)
         shape = self._limits.model.latent_shape(params.height, params.width)
         rows = text_embeddings if params.uses_cfg else text_embeddings[1:]
@@ -135,6 +138,12 @@ class Engine:
             arrived_s=self._clock())
         self._queues.waiting.append(generation)
         self._live[request_id] = generation
+
+    def ensure_capacity(self, reserved: int = 0) -> None:
+        """Raise `Overloaded` unless the waiting queue has room beyond `reserved` places (requests the
+        caller has accepted but not added yet)."""
+        if len(self._queues.waiting) + reserved >= self._limits.max_waiting_requests:
+            raise Overloaded(f"the waiting queue is full ({self._limits.max_waiting_requests} requests)")
 
     def abort(self, request_id: str, reason: SynerDiffError | None = None) -> RequestFinished | None:
         """Drop a live request at once; returns its final event, or None if it is not live."""

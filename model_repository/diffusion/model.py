@@ -105,8 +105,7 @@ class TritonPythonModel:
     def _check_capacity(self) -> None:
         if self._closing:
             raise Overloaded("the server is shutting down")
-        if self._engine.num_waiting + self._encoding >= self._limits.max_waiting_requests:
-            raise Overloaded(f"the waiting queue is full ({self._limits.max_waiting_requests} requests)")
+        self._engine.ensure_capacity(reserved=self._encoding)
 
     # -- the loop -------------------------------------------------------------------------------
 
@@ -131,6 +130,9 @@ class TritonPythonModel:
                 report = await self._engine.step()
                 self._deliver(report.events)
                 self._record(report)
+                if report.is_idle:  # nothing can progress until a request arrives or leaves
+                    self._wake.clear()
+                    await self._wake.wait()
         except Exception as error:
             triton_edge.log_error(f"diffusion: loop failed: {error!r}")
             ending = ExecutionFailed("the generation loop failed; see the server log")

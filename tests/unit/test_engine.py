@@ -721,3 +721,11 @@ def test_sequential_planner_runs_one_request_at_a_time() -> None:
                          "unet:r2", "unet:r2", "unet:r2", "vae:1"]
 
     asyncio.run(scenario())
+
+
+def test_places_reserved_by_the_caller_count_against_the_waiting_bound() -> None:
+    engine, _ = make_engine(max_waiting=3, max_running=1)
+    add(engine, 0, params())
+    engine.ensure_capacity(reserved=1)  # 1 waiting + 1 being encoded < 3
+    with pytest.raises(Overloaded):
+        engine.ensure_capacity(reserved=2)
