@@ -19,6 +19,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--preset", default="tiny", help="model preset to export and serve (tiny, bench, sd15)")
     parser.add_argument("--checkpoint", type=Path, help="serve a local diffusers checkpoint instead of a preset")
     parser.add_argument("--policy", choices=POLICIES, default=ServingSettings.policy)
+    parser.add_argument("--max-waiting-requests", type=int, default=ServingSettings.max_waiting_requests,
+                        help="waiting-queue bound; beyond it requests get UNAVAILABLE at once")
+    parser.add_argument("--max-running-requests", type=int, default=ServingSettings.max_running_requests,
+                        help="requests denoising at once")
     parser.add_argument("--address", default="127.0.0.1", help="bind address (default: loopback only)")
     parser.add_argument("--http-port", type=int, default=8000)
     parser.add_argument("--grpc-port", type=int, default=8001)
@@ -30,7 +34,9 @@ def run(args: argparse.Namespace) -> int:
     name = args.checkpoint.name if args.checkpoint else args.preset
     model_dir = export_models(args.checkpoint or args.preset, args.build_dir / "models" / name, seed=0, force=False)
     repository = render_repository(model_dir, args.build_dir / "repository" / name,
-                                   settings=ServingSettings(policy=args.policy))
+                                   settings=ServingSettings(policy=args.policy,
+                                                            max_waiting_requests=args.max_waiting_requests,
+                                                            max_running_requests=args.max_running_requests))
     command = server_command(repository, Ports(args.http_port, args.grpc_port, args.metrics_port), args.address)
     print(f"serving {model_dir} from {repository}: {' '.join(command)}", flush=True)
     os.execve(command[0], command, server_environment())
