@@ -158,8 +158,8 @@ class MetricFactory:
     def gauge(self, name: str, description: str) -> Any:
         return self._family(name, description, "GAUGE").Metric(labels=self._labels)
 
-    def counter(self, name: str, description: str, labels: Mapping[str, str] | None = None) -> Any:
-        return self._family(name, description, "COUNTER").Metric(labels={**self._labels, **(labels or {})})
+    def counter(self, name: str, description: str) -> Any:
+        return self._family(name, description, "COUNTER").Metric(labels=self._labels)
 
     def counters(self, name: str, description: str, label: str, values: Sequence[str]) -> dict[str, Any]:
         family = self._family(name, description, "COUNTER")

@@ -101,11 +101,6 @@ class TritonServer:
         except OSError:
             return False
 
-    def stub_pids(self) -> list[int]:
-        if self.process is None:
-            return []
-        return child_pids(self.process.pid)
-
     def stop(self, grace_s: float | None = None) -> int | None:
         """SIGTERM, wait, then kill what is left. Returns the server's exit code (None if killed)."""
         if self.process is None:
