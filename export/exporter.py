@@ -1,9 +1,11 @@
-"""export_models: build (or load) the models, export the three ONNX graphs and the tokenizer, verify them
-against torch, and write the manifest.
+"""export_models: build (or load) the models, export the three ONNX graphs, the VAE stage graphs and the
+tokenizer, verify them (the graphs against torch, the chained stages against the full VAE decoder), and write
+the manifest.
 
-Stages, shown as one tqdm bar on stderr: build, text encoder, unet, vae decoder, verify, manifest. Results
-(tokenizer used, ORT-vs-torch differences, timings) are printed to stdout. Invariant: the manifest is written
-last, only after every graph passed verification; an up-to-date directory is left untouched unless forced.
+Stages, shown as one tqdm bar on stderr: build, text encoder, unet, vae decoder, vae stages, verify, manifest.
+Results (tokenizer used, ORT-vs-torch and stages-vs-decoder differences, timings) are printed to stdout.
+Invariant: the manifest is written last, only after every graph passed verification; an up-to-date directory is
+left untouched unless forced.
 """
 
 from __future__ import annotations
@@ -16,11 +18,11 @@ from typing import Callable, Iterator
 
 from tqdm import tqdm
 
-from export.layout import EXPORT_INFO_FILE, MANIFEST_FILE, TOKENIZER_FILE
+from export.layout import EXPORT_FORMAT_VERSION, EXPORT_INFO_FILE, MANIFEST_FILE, TOKENIZER_FILE
 from export.manifest import build_manifest, is_up_to_date, write_json_atomic
 from export.presets import PRESETS
 
-STAGES = ("build", "text encoder", "unet", "vae decoder", "verify", "manifest")
+STAGES = ("build", "text encoder", "unet", "vae decoder", "vae stages", "verify", "manifest")
 VERSIONED_PACKAGES = ("torch", "diffusers", "transformers", "tokenizers", "onnx", "onnxruntime")
 
 
@@ -69,8 +71,9 @@ def _export_fresh(source: str, checkpoint: Path | None, seed: int, out: Path, to
                   show_progress: bool, log: Callable[[str], None]) -> Path:
     # torch/diffusers/onnx load here, not at module import, so an up-to-date check stays instant.
     from export.components import build_components, load_checkpoint
-    from export.onnx_export import OPSET_VERSION, export_text_encoder, export_unet, export_vae_decoder
-    from export.verify import RELATIVE_TOLERANCE, verify_exports
+    from export.onnx_export import (OPSET_VERSION, export_text_encoder, export_unet, export_vae_decoder,
+                                    export_vae_stages)
+    from export.verify import RELATIVE_TOLERANCE, verify_exports, verify_vae_stages
 
     out.mkdir(parents=True, exist_ok=True)
     (out / MANIFEST_FILE).unlink(missing_ok=True)  # until verified, the directory is not a usable export
@@ -99,20 +102,25 @@ def _export_fresh(source: str, checkpoint: Path | None, seed: int, out: Path, to
             paths["unet"] = export_unet(components, out)
         with stage("vae decoder"):
             paths["vae_decoder"] = export_vae_decoder(components, out)
+        with stage("vae stages"):
+            stage_paths = export_vae_stages(components, out)
         with stage("verify"):
             checks = verify_exports(components, paths, seed)
-            for check in checks:
+            stages_check = verify_vae_stages(components, paths["vae_decoder"], stage_paths, seed)
+            for check in (*checks, stages_check):
                 log(f"export: {check.describe()}")
         with stage("manifest"):
-            info = {"source": source, "seed": _seed_key(checkpoint, seed), "opset_version": OPSET_VERSION,
+            info = {"format_version": EXPORT_FORMAT_VERSION, "source": source, "seed": _seed_key(checkpoint, seed),
+                    "opset_version": OPSET_VERSION,
                     "tokenizer": {"kind": tokenizer.kind, "origin": tokenizer.origin,
                                   "vocab_size": tokenizer.vocab_size},
                     "relative_tolerance": RELATIVE_TOLERANCE,
-                    "ort_vs_torch": {c.graph: {"max_abs_diff": c.max_abs_diff, "max_abs_reference": c.max_abs_reference,
-                                               "tolerance": c.tolerance, "shapes": list(c.shapes)} for c in checks},
+                    "ort_vs_torch": {check.graph: check.record() for check in checks},
+                    "vae_stages_vs_decoder": stages_check.record(),
                     "timings_s": timings_s, "file_sizes_bytes": _file_sizes(out), "versions": _versions()}
             write_json_atomic(out / EXPORT_INFO_FILE, info)
-            write_json_atomic(out / MANIFEST_FILE, build_manifest(components))
+            write_json_atomic(out / MANIFEST_FILE,
+                              build_manifest(components, stages_check.channels, stages_check.scales))
     sizes = ", ".join(f"{name} {size / 2**20:.1f} MiB" for name, size in _file_sizes(out).items())
     log(f"export: wrote {out} in {sum(timings_s.values()):.1f} s "
         f"({', '.join(f'{k} {v:.1f} s' for k, v in timings_s.items())}); {sizes}")

@@ -12,4 +12,18 @@ TOKENIZER_FILE = "tokenizer/tokenizer.json"
 MANIFEST_FILES = {"text_encoder": TEXT_ENCODER_FILE, "unet": UNET_FILE, "vae_decoder": VAE_DECODER_FILE,
                   "tokenizer": TOKENIZER_FILE}
 
+# The VAE decoder in sequential stages (manifest key "vae_stages"): every stage graph maps VAE_STAGE_INPUT to
+# VAE_STAGE_OUTPUT; stage 0 takes the raw latent, the last one returns the image.
+VAE_STAGE_INPUT = "hidden"
+VAE_STAGE_OUTPUT = "hidden_out"
+
+
+def vae_stage_file(stage: int) -> str:
+    return f"vae_stage_{stage}.onnx"
+
+
+# Bumped whenever an export gains or changes files: directories written by an older format are re-exported.
+# 2: the VAE decoder's stages (vae_stage_<k>.onnx, manifest "vae_stages").
+EXPORT_FORMAT_VERSION = 2
+
 TEXT_MAX_LENGTH = 77  # CLIP context: token ids are always padded/truncated to this

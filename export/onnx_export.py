@@ -1,4 +1,5 @@
-"""ONNX export of the text encoder, UNet and VAE decoder with the legacy (TorchScript) exporter, opset 17.
+"""ONNX export of the text encoder, UNet, VAE decoder and VAE stages with the legacy (TorchScript) exporter,
+opset 17.
 
 Graph contracts (docs/interfaces.md):
 * text_encoder.onnx: ``input_ids`` int64 [B, 77] -> ``last_hidden_state`` f32 [B, 77, D]; dynamic B.
@@ -6,6 +7,9 @@ Graph contracts (docs/interfaces.md):
   f32 [B, 77, D] -> ``noise_pred`` f32 [B, C, h, w]; dynamic B, h, w.
 * vae_decoder.onnx: ``latent`` f32 [B, C, h, w], the raw latent (the graph divides by the VAE scaling factor and
   runs post_quant_conv) -> ``image`` f32 [B, 3, H, W]; dynamic B, h, w.
+* vae_stage_<k>.onnx, k < K (export/vae_stages.py): ``hidden`` f32 -> ``hidden_out`` f32; stage 0 takes the raw
+  latent, stage k the output of stage k - 1, the last returns the image; dynamic batch, height and width (the
+  output's height and width are named apart from the input's: stages that upsample double them).
 
 The legacy exporter traces Python branches on shapes once. That is safe here because the example inputs use
 latent sides that are multiples of size_multiple / vae_scale_factor (diffusers' UNet only takes its
@@ -25,7 +29,9 @@ import torch
 from torch import nn
 
 from export.components import Components
-from export.layout import TEXT_ENCODER_FILE, TEXT_MAX_LENGTH, UNET_FILE, VAE_DECODER_FILE
+from export.layout import (TEXT_ENCODER_FILE, TEXT_MAX_LENGTH, UNET_FILE, VAE_DECODER_FILE, VAE_STAGE_INPUT,
+                           VAE_STAGE_OUTPUT, vae_stage_file)
+from export.vae_stages import build_vae_stages
 
 OPSET_VERSION = 17
 EXPORT_BATCH = 2  # example batch for tracing; every exported graph has a dynamic batch axis
@@ -134,3 +140,18 @@ def export_vae_decoder(components: Components, out_dir: Path) -> Path:
                    ["latent"], ["image"],
                    {"latent": {0: "batch", 2: "latent_height", 3: "latent_width"},
                     "image": {0: "batch", 2: "image_height", 3: "image_width"}})
+
+
+def export_vae_stages(components: Components, out_dir: Path) -> list[Path]:
+    """vae_stage_<k>.onnx for every stage, each traced on the previous stage's output for the example latent."""
+    side = example_latent_side(components)
+    hidden = torch.randn(EXPORT_BATCH, components.latent_channels, side, side)
+    dynamic_axes = {VAE_STAGE_INPUT: {0: "batch", 2: "height", 3: "width"},
+                    VAE_STAGE_OUTPUT: {0: "batch", 2: "out_height", 3: "out_width"}}
+    paths = []
+    for k, stage in enumerate(build_vae_stages(components.vae)):
+        paths.append(_export(stage, (hidden,), out_dir / vae_stage_file(k), [VAE_STAGE_INPUT], [VAE_STAGE_OUTPUT],
+                             dynamic_axes))
+        with torch.no_grad():
+            hidden = stage(hidden)
+    return paths

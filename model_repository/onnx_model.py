@@ -1,4 +1,5 @@
-"""A Python-backend model that runs one ONNX graph with ONNX Runtime on CPU (target `cpu`).
+"""A Python-backend model that runs one ONNX graph with ONNX Runtime on CPU (target `cpu`), and the ORT pieces
+every such model shares.
 
 Config parameters: `onnx_file` (absolute path), `bindings` ("TRITON_INPUT:onnx_input,...;TRITON_OUTPUT:onnx_output,..."),
 `intra_op_threads`. Sessions are made quiet for a shared 2-core host: no spinning (spinning threads of two
@@ -8,10 +9,12 @@ Each request is one ORT call; ORT on CPU is batch-invariant, which the engine's 
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
 
 from model_repository import triton_edge
-from scheduler_backend.errors import ExecutionFailed, InvalidArgument
+from scheduler_backend.errors import ExecutionFailed, InvalidArgument, SynerDiffError
 
 
 def parse_bindings(text: str) -> tuple[dict[str, str], dict[str, str]]:
@@ -22,35 +25,65 @@ def parse_bindings(text: str) -> tuple[dict[str, str], dict[str, str]]:
     return pairs(inputs_text), pairs(outputs_text)
 
 
+def quiet_session(onnx_file: str, intra_op_threads: int) -> Any:
+    """A CPU ONNX Runtime session over ``onnx_file`` with the quiet options of the module docstring."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = intra_op_threads
+    options.inter_op_num_threads = 1
+    options.enable_mem_pattern = False
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return ort.InferenceSession(onnx_file, sess_options=options, providers=["CPUExecutionProvider"])
+
+
+def intra_op_threads(parameters: Mapping[str, str]) -> int:
+    return int(parameters.get("intra_op_threads", "2"))
+
+
+def required_inputs(request: Any, names: Sequence[str]) -> dict[str, np.ndarray]:
+    """The named inputs of a request; InvalidArgument naming the first one the client did not send."""
+    present: dict[str, np.ndarray] = {}
+    for name, array in triton_edge.input_arrays(request, names).items():
+        if array is None:
+            raise InvalidArgument(name, "is required")
+        present[name] = array
+    return present
+
+
+def run_session(model_name: str, session: Any, outputs: Sequence[str], feeds: Mapping[str, np.ndarray]) -> list[Any]:
+    """One ORT call; a failure is logged (ORT's message names the input and the shape problem) and raised as
+    ExecutionFailed with a message fit for clients."""
+    try:
+        return session.run(list(outputs), dict(feeds))
+    except Exception as error:
+        triton_edge.log_error(f"{model_name}: {error}")
+        raise ExecutionFailed(f"{model_name}: inference failed") from None
+
+
+def reply_each(requests: Sequence[Any], infer: Callable[[Any], Mapping[str, np.ndarray]]) -> list[Any]:
+    """One response per request, in order: ``infer``'s outputs, or the SynerDiffError it raised."""
+    replies = []
+    for request in requests:
+        try:
+            replies.append(triton_edge.response(infer(request)))
+        except SynerDiffError as error:
+            replies.append(triton_edge.error_response(error))
+    return replies
+
+
 class OnnxModel:
     def initialize(self, args: Mapping[str, str]) -> None:
-        import onnxruntime as ort
-
         parameters = triton_edge.config_parameters(args)
         self._inputs, self._outputs = parse_bindings(parameters["bindings"])
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = int(parameters.get("intra_op_threads", "2"))
-        options.inter_op_num_threads = 1
-        options.enable_mem_pattern = False
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        self._session = ort.InferenceSession(parameters["onnx_file"], sess_options=options,
-                                             providers=["CPUExecutionProvider"])
+        self._session = quiet_session(parameters["onnx_file"], intra_op_threads(parameters))
         self._name = args["model_name"]
 
     def execute(self, requests: list[Any]) -> list[Any]:
-        replies = []
-        for request in requests:
-            arrays = triton_edge.input_arrays(request, list(self._inputs))
-            missing = [name for name, array in arrays.items() if array is None]
-            if missing:
-                replies.append(triton_edge.error_response(InvalidArgument(missing[0], "is required")))
-                continue
-            try:
-                results = self._session.run(list(self._outputs.values()),
-                                            {self._inputs[name]: array for name, array in arrays.items()})
-            except Exception as error:  # ORT's message names the input and the shape problem
-                triton_edge.log_error(f"{self._name}: {error}")
-                replies.append(triton_edge.error_response(ExecutionFailed(f"{self._name}: inference failed")))
-                continue
-            replies.append(triton_edge.response(dict(zip(self._outputs, results))))
-        return replies
+        return reply_each(requests, self._infer)
+
+    def _infer(self, request: Any) -> dict[str, np.ndarray]:
+        arrays = required_inputs(request, list(self._inputs))
+        results = run_session(self._name, self._session, list(self._outputs.values()),
+                              {self._inputs[name]: array for name, array in arrays.items()})
+        return dict(zip(self._outputs, results))

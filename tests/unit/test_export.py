@@ -29,22 +29,12 @@ SEED = 0
 ASTRONAUT_PROMPT = "a photo of an astronaut riding a horse"
 ASTRONAUT_IDS = [49406, 320, 1125, 539, 550, 18376, 6765, 320, 4558, 49407]
 MANIFEST_KEYS = {"preset", "latent_channels", "vae_scale_factor", "size_multiple", "default_size", "max_size",
-                 "text", "scheduler", "files"}
+                 "text", "scheduler", "files", "vae_stages"}
 GRAPH_IO = {  # file -> (input names, output names), docs/interfaces.md
     "text_encoder": (["input_ids"], ["last_hidden_state"]),
     "unet": (["sample", "timestep", "encoder_hidden_states"], ["noise_pred"]),
     "vae_decoder": (["latent"], ["image"]),
 }
-
-
-@pytest.fixture(scope="session")
-def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return export_models("tiny", tmp_path_factory.mktemp("tiny"), seed=SEED, show_progress=False)
-
-
-@pytest.fixture(scope="session")
-def manifest(tiny_dir: Path) -> dict[str, Any]:
-    return json.loads((tiny_dir / "manifest.json").read_text())
 
 
 def session(tiny_dir: Path, graph: str) -> ort.InferenceSession:
@@ -180,7 +170,7 @@ def test_checkpoint_export_matches_preset_export(tiny_dir: Path, manifest: dict[
     exported = json.loads((out / "manifest.json").read_text())
     assert exported["preset"] == "checkpoint:tiny-checkpoint"
     assert exported["default_size"] == 64 and exported["max_size"] == 128  # sample_size 32 x scale 2, doubled
-    for key in ("latent_channels", "vae_scale_factor", "size_multiple", "text", "scheduler", "files"):
+    for key in ("latent_channels", "vae_scale_factor", "size_multiple", "text", "scheduler", "files", "vae_stages"):
         assert exported[key] == manifest[key], key
     latent = np.random.default_rng(3).standard_normal((1, 4, 16, 16), dtype=np.float32)
     (from_checkpoint,) = session(out, "vae_decoder").run(None, {"latent": latent})
