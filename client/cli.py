@@ -33,8 +33,10 @@ SUBCOMMANDS = (
                "client.generate_cli"),
     Subcommand("export", "export a diffusion pipeline to ONNX and a manifest", "export.cli"),
     Subcommand("render", "render images locally from an exported model", "export.render_cli"),
-    Subcommand("profile", "profile the server's pipeline stages", "perf.profile_cli"),
+    Subcommand("profile", "measure the models' latency profile (UNet per batch, VAE chunks, contention)",
+               "perf.profile_cli"),
     Subcommand("bench", "benchmark the server under load", "perf.bench_cli"),
+    Subcommand("simulate", "compare serving policies in the discrete-event simulator", "perf.simulate_cli"),
 )
 
 

@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import model_repository
+from scheduler_backend.policies import needs_profile
 
 TEMPLATES_DIR = Path(model_repository.__file__).parent
 TARGETS = ("cpu",)
@@ -25,12 +26,14 @@ class RenderError(Exception):
 
 @dataclass(frozen=True)
 class ServingSettings:
-    policy: str = "continuous"
+    policy: str = "synerdiff"
     max_waiting_requests: int = 64
     max_running_requests: int = 16
     unet_threads: int = 2
     vae_threads: int = 2
     text_encoder_threads: int = 1
+    vae_chunking: str = "stages"  # whole | stages | tiles[:RxC:overlap]
+    profile: str = ""  # the latency profile JSON (needed by the synerdiff policies)
 
 
 def template_values(model_dir: Path, settings: ServingSettings) -> dict[str, str]:
@@ -59,6 +62,9 @@ def render_repository(model_dir: Path, out_dir: Path, target: str = "cpu",
     """Writes a complete model repository to `out_dir` (replacing what was there) and returns it."""
     if target not in TARGETS:
         raise RenderError(f"unknown target {target!r}; choose one of {', '.join(TARGETS)}")
+    if needs_profile(settings.policy) and not settings.profile:
+        raise RenderError(f"policy {settings.policy!r} needs a latency profile (ServingSettings.profile); "
+                          f"measure one with `synerdiff profile --model-dir {model_dir}`")
     values = template_values(model_dir, settings)
     staging = out_dir.with_name(out_dir.name + ".rendering")
     shutil.rmtree(staging, ignore_errors=True)

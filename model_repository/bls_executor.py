@@ -1,4 +1,5 @@
-"""The engine's `Executor` over BLS: UNet, VAE and text encoding run as other models of the server."""
+"""The engine's `Executor` over BLS: UNet, VAE (whole, tiles, stages) and text encoding run as other models
+of the server."""
 
 from __future__ import annotations
 
@@ -16,6 +17,10 @@ class BlsExecutor:
 
     async def run_vae(self, latents: np.ndarray) -> np.ndarray:
         return (await bls_infer("vae_decoder", {"LATENT": latents}, ["IMAGE"]))["IMAGE"]
+
+    async def run_vae_stage(self, stage: int, hidden: np.ndarray) -> np.ndarray:
+        inputs = {"STAGE": np.array([stage], dtype=np.int32), "HIDDEN": hidden}
+        return (await bls_infer("vae_stages", inputs, ["HIDDEN_OUT"]))["HIDDEN_OUT"]
 
     async def encode_prompts(self, prompts: PromptPair) -> np.ndarray:
         """[2, L, D]: (negative prompt, prompt) through `preprocess` and `text_encoder`."""

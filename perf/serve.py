@@ -1,14 +1,17 @@
-"""`synerdiff serve` / scripts/serve.sh: export a preset (if not yet exported), render the CPU repository,
-and run tritonserver in the foreground on 127.0.0.1 (HTTP 8000, gRPC 8001, metrics 8002)."""
+"""`synerdiff serve` / scripts/serve.sh: export a preset (if not yet exported), measure its latency profile (if not
+yet measured for this machine and these thread counts), render the CPU repository, and run tritonserver in the
+foreground on 127.0.0.1 (HTTP 8000, gRPC 8001, metrics 8002)."""
 
 from __future__ import annotations
 
 import argparse
 import os
+from dataclasses import replace
 from pathlib import Path
 
 from export.exporter import export_models
 from export.render import ServingSettings, render_repository
+from perf.profile import ensure_profile
 from perf.server import Ports, server_command, server_environment
 from scheduler_backend.policies import POLICIES
 
@@ -22,7 +25,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-waiting-requests", type=int, default=ServingSettings.max_waiting_requests,
                         help="waiting-queue bound; beyond it requests get UNAVAILABLE at once")
     parser.add_argument("--max-running-requests", type=int, default=ServingSettings.max_running_requests,
-                        help="requests denoising at once")
+                        help="requests admitted and not finished (denoising or decoding)")
+    parser.add_argument("--vae-chunking", default=ServingSettings.vae_chunking,
+                        help="VAE chunks: whole, stages (exact, default) or tiles[:RxC:overlap]")
     parser.add_argument("--address", default="127.0.0.1", help="bind address (default: loopback only)")
     parser.add_argument("--http-port", type=int, default=8000)
     parser.add_argument("--grpc-port", type=int, default=8001)
@@ -30,13 +35,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--build-dir", type=Path, default=ROOT / "build")
 
 
+def serving_profile(model_dir: Path, settings: ServingSettings) -> Path:
+    """The latency profile for serving `model_dir` with `settings` (its thread counts), measured if missing."""
+    path = ensure_profile(model_dir, unet_threads=settings.unet_threads, vae_threads=settings.vae_threads)
+    print(f"latency profile: {path}", flush=True)
+    return path
+
+
 def run(args: argparse.Namespace) -> int:
     name = args.checkpoint.name if args.checkpoint else args.preset
     model_dir = export_models(args.checkpoint or args.preset, args.build_dir / "models" / name, seed=0, force=False)
-    repository = render_repository(model_dir, args.build_dir / "repository" / name,
-                                   settings=ServingSettings(policy=args.policy,
-                                                            max_waiting_requests=args.max_waiting_requests,
-                                                            max_running_requests=args.max_running_requests))
+    settings = ServingSettings(policy=args.policy, max_waiting_requests=args.max_waiting_requests,
+                               max_running_requests=args.max_running_requests, vae_chunking=args.vae_chunking)
+    settings = replace(settings, profile=str(serving_profile(model_dir, settings)))
+    repository = render_repository(model_dir, args.build_dir / "repository" / name, settings=settings)
     command = server_command(repository, Ports(args.http_port, args.grpc_port, args.metrics_port), args.address)
     print(f"serving {model_dir} from {repository}: {' '.join(command)}", flush=True)
     os.execve(command[0], command, server_environment())

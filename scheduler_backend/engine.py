@@ -1,14 +1,15 @@
 """The generation engine: `add / abort / step()` around an `Executor`.
 
 The engine owns every live request from admission to its final event. One `step()` is one iteration:
-ask the planner for a `StepPlan`, run its UNet and VAE calls concurrently through the executor, then
-apply the results (a sampler step per row, finished latents queued for decoding, decoded images
-emitted). The Triton model supplies a BLS executor; tests and the simulator supply local ones.
+ask the planner for a `StepPlan`, run its UNet calls and its `vae_beside` chunks concurrently through
+the executor, then its `vae_after` chunks, and apply the results (a sampler step per row, a request whose
+denoising completed becomes a `VaeJob` of chunks, a completed decode is emitted as an image). The Triton model supplies a BLS executor; tests and the simulator supply local ones.
 
 Invariants:
 - every request that `add` accepted ends with exactly one `RequestFinished` event (from `step`,
   `abort` or `fail_all`), and after it the engine holds nothing of that request;
 - a failing model call fails only the requests it carried;
+- Skip-CFG only ever applies to a guided request's step that its `SkipCfgPolicy` allows;
 - a row's arithmetic never depends on the other rows of its batch, so the same request gives the same
   image alone or batched (the models are batch-invariant on ONNX Runtime CPU);
 - `add` and `abort` may be called while a `step` awaits its executor (same event loop): a request
@@ -27,10 +28,12 @@ import numpy as np
 
 from scheduler_backend.errors import Cancelled, ExecutionFailed, Overloaded, SynerDiffError
 from scheduler_backend.limits import Limits
-from scheduler_backend.planner import Planner, RequestView, SchedulerView, StepPlan, UnetCall, VaeCall
+from scheduler_backend.planner import Planner, RequestView, SchedulerView, VaeCall, VaeJobView
 from scheduler_backend.request import GenerationParams
 from scheduler_backend.sampler import (NoiseSchedule, SamplerPlan, batched_step, guided_noise,
                                        initial_latent, make_sampler_plan)
+from scheduler_backend.skip_cfg import SkipCfgPolicy
+from scheduler_backend.vae_chunks import ChunkingSpec, VaeJob
 
 
 class Executor(Protocol):
@@ -42,7 +45,11 @@ class Executor(Protocol):
         ...
 
     async def run_vae(self, latents: np.ndarray) -> np.ndarray:
-        """[B, C, h, w] f32 raw latents -> images [B, 3, H, W] f32 in about [-1, 1]."""
+        """[B, C, h, w] f32 raw latents (whole or tiles) -> images [B, 3, H, W] f32 in about [-1, 1]."""
+        ...
+
+    async def run_vae_stage(self, stage: int, hidden: np.ndarray) -> np.ndarray:
+        """Decoder stage `stage` on a batch: [B, ...] f32 -> [B, ...] f32 (shapes: `StageShapes`)."""
         ...
 
 
@@ -66,19 +73,43 @@ Event = StepProgress | RequestFinished
 
 
 @dataclass(frozen=True)
+class UnetWork:
+    rows: int
+    latent_shape: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class ChunkWork:
+    kind: str
+    latent_shape: tuple[int, ...]  # of the request being decoded
+
+
+@dataclass(frozen=True)
 class StepReport:
-    """What one iteration did, for metrics and logs."""
+    """What one iteration did, for metrics, logs and the simulator."""
 
     events: tuple[Event, ...]
     unet_rows: int = 0
     unet_calls: int = 0
     mixed_timestep_calls: int = 0  # UNet calls whose rows were at different timesteps
-    vae_images: int = 0
+    skipped_cfg_rows: int = 0  # unconditional rows left out by Skip-CFG
+    unet_work: tuple[UnetWork, ...] = ()  # per UNet call
+    chunks_beside: tuple[ChunkWork, ...] = ()  # chunk runs (one per request) beside the UNet, in order
+    chunks_after: tuple[ChunkWork, ...] = ()
+    vae_images: int = 0  # decodes completed
+    threshold: float | None = None
+    predicted_s: float | None = None  # the planner's estimate of this iteration
+    planning_s: float = 0.0  # the planner's decision time (wall clock, with the view it reads)
     latency_s: float = 0.0
+    retry_after_s: float | None = None  # an idle planner's wish to be asked again after this long
+
+    @property
+    def vae_chunks(self) -> int:
+        return len(self.chunks_beside) + len(self.chunks_after)
 
     @property
     def is_idle(self) -> bool:
-        return not (self.events or self.unet_calls or self.vae_images)
+        return not (self.events or self.unet_calls or self.vae_chunks)
 
 
 @dataclass(eq=False)
@@ -90,31 +121,34 @@ class _Generation:
     latent: np.ndarray
     arrived_s: float
     steps_done: int = 0
+    skipped_cfg: int = 0
+    vae_job: VaeJob | None = None  # from the end of denoising
 
     @property
     def unet_rows(self) -> int:
         return self.text_embeddings.shape[0]
-
-    def view(self) -> RequestView:
-        return RequestView(self.request_id, tuple(self.latent.shape), self.unet_rows, self.steps_done,
-                           self.params.num_steps)
 
 
 @dataclass
 class _Queues:
     waiting: deque[_Generation] = field(default_factory=deque)
     denoising: list[_Generation] = field(default_factory=list)
-    decode_ready: list[_Generation] = field(default_factory=list)
+    decoding: list[_Generation] = field(default_factory=list)  # in the order denoising completed
 
 
 class Engine:
     def __init__(self, executor: Executor, planner: Planner, limits: Limits, schedule: NoiseSchedule,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, chunking: ChunkingSpec = ChunkingSpec(),
+                 skip_cfg: SkipCfgPolicy | None = None) -> None:
+        if chunking.mode == "stages" and limits.model.vae_stages is None:
+            raise ValueError("VAE chunking 'stages' needs an export with VAE stage graphs; re-export the model")
         self._executor = executor
         self._planner = planner
         self._limits = limits
         self._schedule = schedule
         self._clock = clock
+        self._chunking = chunking
+        self._skip_cfg = skip_cfg
         self._queues = _Queues()
         self._live: dict[str, _Generation] = {}
 
@@ -153,7 +187,7 @@ class Engine:
         queues = self._queues
         if generation in queues.waiting:
             queues.waiting.remove(generation)
-        for queue in (queues.denoising, queues.decode_ready):
+        for queue in (queues.denoising, queues.decoding):
             if generation in queue:
                 queue.remove(generation)
         return RequestFinished(request_id, error=reason or Cancelled("request cancelled"))
@@ -177,8 +211,13 @@ class Engine:
         return len(self._queues.denoising)
 
     @property
-    def num_decode_ready(self) -> int:
-        return len(self._queues.decode_ready)
+    def num_decoding(self) -> int:
+        return len(self._queues.decoding)
+
+    @property
+    def vae_chunk_backlog(self) -> int:
+        """VAE chunks not run yet, over every request whose denoising completed."""
+        return sum(len(g.vae_job.pending) for g in self._queues.decoding if g.vae_job is not None)
 
     @property
     def has_work(self) -> bool:
@@ -188,40 +227,66 @@ class Engine:
 
     async def step(self) -> StepReport:
         started_s = self._clock()
+        planning_started = time.perf_counter()  # a real duration, whatever clock the engine runs on
         plan = self._planner.plan(self._view())
+        planning_s = time.perf_counter() - planning_started
         if plan.is_idle:
-            return StepReport(events=())
+            return StepReport(events=(), threshold=plan.threshold, planning_s=planning_s,
+                              retry_after_s=plan.retry_after_s)
         self._admit(plan.admit)
-        unet_batches = [self._resolve(call.request_ids) for call in plan.unet_calls]
-        vae_batches = [self._resolve(call.request_ids) for call in plan.vae_calls]
-        for batch in vae_batches:  # taken now, so a decode is never planned twice
-            for generation in batch:
-                self._queues.decode_ready.remove(generation)
-        mixed_timestep_calls = sum(_mixed_timesteps(batch) for batch in unet_batches)
+        unet_batches = [(self._resolve(call.request_ids), self._skippable(call.skip_cfg))
+                        for call in plan.unet_calls]
+        mixed_timestep_calls = sum(_mixed_timesteps(batch) for batch, _ in unet_batches)
+        skipped_rows = sum(len(skips) for _, skips in unet_batches)
+        unet_rows = sum(g.unet_rows for batch, _ in unet_batches for g in batch) - skipped_rows
 
-        outcomes = await asyncio.gather(
-            *(self._run_unet(batch) for batch in unet_batches),
-            *(self._run_vae(batch) for batch in vae_batches),
-            return_exceptions=True)
-
-        events: list[Event] = []
-        for batch, outcome in zip(unet_batches, outcomes[:len(unet_batches)]):
-            events += self._apply_unet(batch, outcome)
-        for batch, outcome in zip(vae_batches, outcomes[len(unet_batches):]):
-            events += self._apply_vae(batch, outcome)
+        unet_work = tuple(UnetWork(sum(len(_rows(g, skips)) for g in batch), tuple(batch[0].latent.shape))
+                          for batch, skips in unet_batches)
+        chunks_beside: list[ChunkWork] = []
+        chunks_after: list[ChunkWork] = []
+        *outcomes, beside_events = await asyncio.gather(
+            *(self._run_unet(batch, skips) for batch, skips in unet_batches),
+            self._run_vae_lane(plan.vae_beside, chunks_beside), return_exceptions=True)
+        if isinstance(beside_events, BaseException):
+            raise beside_events  # the lane handles model failures itself; this is a bug
+        events: list[Event] = list(beside_events)
+        for (batch, skips), outcome in zip(unet_batches, outcomes):
+            events += self._apply_unet(batch, skips, outcome)
+        events += await self._run_vae_lane(plan.vae_after, chunks_after)
         return StepReport(
             events=tuple(events),
-            unet_rows=sum(g.unet_rows for batch in unet_batches for g in batch),
+            unet_rows=unet_rows,
             unet_calls=len(unet_batches),
             mixed_timestep_calls=mixed_timestep_calls,
-            vae_images=sum(len(batch) for batch in vae_batches),
+            skipped_cfg_rows=skipped_rows,
+            unet_work=unet_work,
+            chunks_beside=tuple(chunks_beside),
+            chunks_after=tuple(chunks_after),
+            vae_images=sum(isinstance(e, RequestFinished) and e.image is not None for e in events),
+            threshold=plan.threshold,
+            predicted_s=plan.predicted_s,
+            planning_s=planning_s,
             latency_s=self._clock() - started_s)
 
     def _view(self) -> SchedulerView:
-        queues = self._queues
-        return SchedulerView(waiting=[g.view() for g in queues.waiting],
-                             denoising=[g.view() for g in queues.denoising],
-                             decode_ready=[g.view() for g in queues.decode_ready])
+        queues, now_s = self._queues, self._clock()
+        return SchedulerView(waiting=[self._request_view(g, now_s) for g in queues.waiting],
+                             denoising=[self._request_view(g, now_s) for g in queues.denoising],
+                             vae_jobs=[_job_view(g) for g in queues.decoding])
+
+    def _request_view(self, generation: _Generation, now_s: float) -> RequestView:
+        return RequestView(generation.request_id, tuple(generation.latent.shape), generation.unet_rows,
+                           generation.steps_done, generation.params.num_steps,
+                           can_skip_cfg=self._may_skip_cfg(generation), waited_s=now_s - generation.arrived_s)
+
+    def _may_skip_cfg(self, generation: _Generation) -> bool:
+        return (self._skip_cfg is not None and generation.unet_rows == 2
+                and self._skip_cfg.eligible(generation.steps_done, generation.params.num_steps,
+                                            generation.skipped_cfg))
+
+    def _skippable(self, request_ids: Sequence[str]) -> frozenset[str]:
+        """The planner's Skip-CFG choice, kept only where the policy allows it."""
+        return frozenset(i for i in request_ids if i in self._live and self._may_skip_cfg(self._live[i]))
 
     def _admit(self, request_ids: Sequence[str]) -> None:
         for request_id in request_ids:
@@ -232,28 +297,26 @@ class Engine:
     def _resolve(self, request_ids: Sequence[str]) -> list[_Generation]:
         return [self._live[request_id] for request_id in request_ids]
 
-    async def _run_unet(self, batch: list[_Generation]) -> np.ndarray:
+    async def _run_unet(self, batch: list[_Generation], skips: frozenset[str]) -> np.ndarray:
         samples, timesteps, embeddings = [], [], []
         for generation in batch:
             plan, k = generation.sampler_plan, generation.steps_done
+            rows = _rows(generation, skips)
             model_input = generation.latent * plan.input_scales[k]
-            for _ in range(generation.unet_rows):
-                samples.append(model_input)
-                timesteps.append(plan.model_timesteps[k])
-            embeddings.append(generation.text_embeddings)
+            samples += [model_input] * len(rows)
+            timesteps += [plan.model_timesteps[k]] * len(rows)
+            embeddings.append(rows)
         return await self._executor.run_unet(np.stack(samples), np.asarray(timesteps, dtype=np.float32),
                                              np.concatenate(embeddings))
-
-    async def _run_vae(self, batch: list[_Generation]) -> np.ndarray:
-        return await self._executor.run_vae(np.stack([generation.latent for generation in batch]))
 
     def _is_live(self, generation: _Generation) -> bool:
         """Still the same live request (not aborted, and its id not reused, while a call ran)."""
         return self._live.get(generation.request_id) is generation
 
-    def _apply_unet(self, batch: list[_Generation], outcome: np.ndarray | BaseException) -> list[Event]:
-        rows = sum(generation.unet_rows for generation in batch)
-        expected = (rows, *batch[0].latent.shape)
+    def _apply_unet(self, batch: list[_Generation], skips: frozenset[str],
+                    outcome: np.ndarray | BaseException) -> list[Event]:
+        row_counts = [len(_rows(generation, skips)) for generation in batch]
+        expected = (sum(row_counts), *batch[0].latent.shape)
         if not isinstance(outcome, BaseException) and outcome.shape != expected:
             outcome = ExecutionFailed(f"UNet returned shape {list(outcome.shape)}, expected {list(expected)}")
         if isinstance(outcome, BaseException):
@@ -261,14 +324,15 @@ class Engine:
         events: list[Event] = []
         row = 0
         survivors, latents, noises, sample_coefs, noise_coefs = [], [], [], [], []
-        for generation in batch:
-            rows = outcome[row:row + generation.unet_rows]
-            row += generation.unet_rows
+        for generation, count in zip(batch, row_counts):
+            rows = outcome[row:row + count]
+            row += count
             if not self._is_live(generation):
                 continue  # aborted while the call ran
             params, plan, k = generation.params, generation.sampler_plan, generation.steps_done
             noise = (guided_noise(rows[0:1], rows[1:2], np.float32([params.guidance_scale]))[0]
-                     if generation.unet_rows == 2 else rows[0])
+                     if count == 2 else rows[0])
+            generation.skipped_cfg += count < generation.unet_rows
             survivors.append(generation)
             latents.append(generation.latent)
             noises.append(noise)
@@ -286,26 +350,75 @@ class Engine:
                                            generation.params.num_steps))
             if generation.steps_done == generation.params.num_steps:
                 self._queues.denoising.remove(generation)
-                self._queues.decode_ready.append(generation)
+                generation.vae_job = VaeJob(latent, self._chunking, self._limits.model.vae_scale_factor,
+                                            self._limits.model.vae_stages)
+                self._queues.decoding.append(generation)
         return events
 
+    async def _run_vae_lane(self, calls: Sequence[VaeCall], ran: list[ChunkWork]) -> list[Event]:
+        """Run VAE calls one after another; each runs the next chunk of its requests' decodes, batched.
+        Appends what it ran to `ran`."""
+        events: list[Event] = []
+        for call in calls:
+            batch = [g for g in self._resolve_live(call.request_ids) if g.vae_job is not None]
+            if not batch:
+                continue
+            jobs = [g.vae_job for g in batch]
+            chunk = jobs[0].next_chunk  # type: ignore[union-attr]
+            inputs = np.stack([job.chunk_input() for job in jobs])  # type: ignore[union-attr]
+            ran += [ChunkWork(chunk.kind, tuple(job.latent.shape)) for job in jobs]  # type: ignore[union-attr]
+            try:
+                if chunk.kind.startswith("stage"):
+                    outcome: np.ndarray | BaseException = await self._executor.run_vae_stage(chunk.index, inputs)
+                else:
+                    outcome = await self._executor.run_vae(inputs)
+            except Exception as error:
+                outcome = error
+            events += self._apply_vae(batch, outcome)
+        return events
+
+    def _resolve_live(self, request_ids: Sequence[str]) -> list[_Generation]:
+        return [self._live[i] for i in request_ids if i in self._live]
+
     def _apply_vae(self, batch: list[_Generation], outcome: np.ndarray | BaseException) -> list[Event]:
-        if not isinstance(outcome, BaseException) and (outcome.ndim != 4 or outcome.shape[:2] != (len(batch), 3)):
-            outcome = ExecutionFailed(f"VAE decoder returned shape {list(outcome.shape)}, expected [{len(batch)}, 3, H, W]")
+        if not isinstance(outcome, BaseException) and (outcome.ndim < 1 or outcome.shape[0] != len(batch)):
+            outcome = ExecutionFailed(f"VAE decoder returned shape {list(outcome.shape)} for {len(batch)} inputs")
         if isinstance(outcome, BaseException):
             return self._fail(batch, outcome, "VAE decoder")
-        images = to_uint8_images(outcome)
         events: list[Event] = []
-        for generation, image in zip(batch, images):
-            if self._is_live(generation):
+        for generation, output in zip(batch, outcome):
+            job = generation.vae_job
+            if not self._is_live(generation) or job is None:
+                continue
+            try:
+                job.complete(output)
+            except ValueError as error:
+                events += self._fail([generation], ExecutionFailed(str(error)), "VAE decoder")
+                continue
+            if job.done:
+                self._queues.decoding.remove(generation)
                 del self._live[generation.request_id]
-                events.append(RequestFinished(generation.request_id, image=image))
+                events.append(RequestFinished(generation.request_id, image=to_uint8_images(job.image[None])[0]))
         return events
 
     def _fail(self, batch: list[_Generation], cause: BaseException, model: str) -> list[Event]:
         error = cause if isinstance(cause, SynerDiffError) else ExecutionFailed(f"{model} call failed")
         return [event for generation in batch
                 if self._is_live(generation) and (event := self.abort(generation.request_id, error))]
+
+
+def _rows(generation: _Generation, skips: frozenset[str]) -> np.ndarray:
+    """The text-embedding rows of this step: the prompt's only, when Skip-CFG applies."""
+    if generation.request_id in skips:
+        return generation.text_embeddings[1:]
+    return generation.text_embeddings
+
+
+def _job_view(generation: _Generation) -> VaeJobView:
+    job = generation.vae_job
+    assert job is not None
+    return VaeJobView(generation.request_id, tuple(job.latent.shape), tuple(c.kind for c in job.pending),
+                      job.next_input_shape)
 
 
 def _mixed_timesteps(batch: Sequence[_Generation]) -> bool:

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
+from scheduler_backend.vae_chunks import StageShapes
+
 
 def read_manifest(model_dir: Path | str) -> dict[str, Any]:
     """The exported model directory's manifest.json (docs/interfaces.md)."""
@@ -28,10 +30,12 @@ class ModelSpec:
     size_multiple: int
     default_size: int
     max_size: int
+    vae_stages: StageShapes | None = None  # the decoder's stage graphs, when the export has them
 
     @classmethod
     def from_manifest(cls, manifest: Mapping[str, Any]) -> ModelSpec:
         text = manifest["text"]
+        stages = manifest.get("vae_stages")
         return cls(
             latent_channels=int(manifest["latent_channels"]),
             vae_scale_factor=int(manifest["vae_scale_factor"]),
@@ -40,6 +44,8 @@ class ModelSpec:
             size_multiple=int(manifest["size_multiple"]),
             default_size=int(manifest["default_size"]),
             max_size=int(manifest["max_size"]),
+            vae_stages=(StageShapes(tuple(int(c) for c in stages["channels"]),
+                                    tuple(int(s) for s in stages["scales"])) if stages else None),
         )
 
     def latent_shape(self, height: int, width: int) -> tuple[int, int, int]:

@@ -9,7 +9,8 @@ Guarantees kept here: every request gets exactly one final response (image or er
 invalid input, full queue, cancellation, model failure, loop failure, shutdown; a cancelled request
 leaves the batch before the next step.
 
-Parameters: `model_dir`, `policy`, `max_waiting_requests`, `max_running_requests`.
+Parameters: `model_dir`, `policy`, `max_waiting_requests`, `max_running_requests`, `vae_chunking`, `profile`
+(the latency profile JSON; the synerdiff policies need it).
 """
 
 from __future__ import annotations
@@ -29,9 +30,11 @@ from model_repository.diffusion_metrics import DiffusionMetrics
 from scheduler_backend.engine import Engine, Event, RequestFinished, StepProgress, StepReport
 from scheduler_backend.errors import Cancelled, ExecutionFailed, Overloaded, SynerDiffError
 from scheduler_backend.limits import Limits, ModelSpec, read_manifest
-from scheduler_backend.policies import make_planner
+from scheduler_backend.policies import PolicySettings, make_policy, needs_profile
+from scheduler_backend.profile import LatencyProfile
 from scheduler_backend.request import GENERATION_INPUTS, PROMPT_EMBEDS, GenerationParams, validate_generation
 from scheduler_backend.sampler import NoiseSchedule
+from scheduler_backend.vae_chunks import ChunkingSpec
 
 _NO_IMAGE = np.zeros((0, 0, 3), dtype=np.uint8)
 
@@ -51,9 +54,15 @@ class TritonPythonModel:
         self._limits = Limits(ModelSpec.from_manifest(manifest),
                               max_waiting_requests=int(parameters.get("max_waiting_requests", "64")),
                               max_running_requests=int(parameters.get("max_running_requests", "16")))
+        policy = parameters.get("policy", "synerdiff")
+        if needs_profile(policy) and not parameters.get("profile"):
+            raise ValueError(f"policy {policy!r} needs a latency profile: run `synerdiff profile` and render with it")
+        profile = LatencyProfile.load(parameters["profile"]) if needs_profile(policy) else None
+        serving = make_policy(policy, self._limits, profile,
+                              PolicySettings(vae_chunking=ChunkingSpec.parse(parameters.get("vae_chunking", "stages"))))
         self._executor = BlsExecutor()
-        self._engine = Engine(self._executor, make_planner(parameters.get("policy", "continuous"), self._limits),
-                              self._limits, NoiseSchedule.from_dict(manifest["scheduler"]))
+        self._engine = Engine(self._executor, serving.planner, self._limits, NoiseSchedule.from_dict(manifest["scheduler"]),
+                              chunking=serving.chunking, skip_cfg=serving.skip_cfg)
         self._metrics = DiffusionMetrics(triton_edge.MetricFactory(args["model_name"]))
         self._clients: dict[str, _Client] = {}
         self._ids = itertools.count()
@@ -62,7 +71,8 @@ class TritonPythonModel:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._task: asyncio.Task[None] | None = None
         self._wake: asyncio.Event | None = None
-        triton_edge.log_info(f"diffusion: policy {parameters.get('policy', 'continuous')}, limits {self._limits}")
+        triton_edge.log_info(f"diffusion: policy {policy} (VAE chunking {serving.chunking.describe()}, "
+                             f"Skip-CFG {serving.skip_cfg}), limits {self._limits}")
 
     # -- intake ---------------------------------------------------------------------------------
 
@@ -130,9 +140,12 @@ class TritonPythonModel:
                 report = await self._engine.step()
                 self._deliver(report.events)
                 self._record(report)
-                if report.is_idle:  # nothing can progress until a request arrives or leaves
+                if report.is_idle:  # nothing progresses until a request arrives or leaves, or the planner's time
                     self._wake.clear()
-                    await self._wake.wait()
+                    try:
+                        await asyncio.wait_for(self._wake.wait(), report.retry_after_s)
+                    except asyncio.TimeoutError:
+                        pass
         except Exception as error:
             triton_edge.log_error(f"diffusion: loop failed: {error!r}")
             ending = ExecutionFailed("the generation loop failed; see the server log")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import socket
 import urllib.request
+from dataclasses import replace
 from pathlib import Path
 from typing import Iterator
 
@@ -15,6 +16,7 @@ import pytest
 
 from export.exporter import export_models
 from export.render import ServingSettings, render_repository
+from perf.profile import ensure_profile
 from perf.server import Ports, TritonServer
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -38,7 +40,11 @@ def tiny_models() -> Path:
 
 
 def start_server(models: Path, name: str, settings: ServingSettings) -> TritonServer:
-    repository = render_repository(models, BUILD / "test-repositories" / name, settings=settings)
+    """Render `models` with `settings` (and the machine's latency profile of them) and start a server."""
+    profile = ensure_profile(models, unet_threads=settings.unet_threads, vae_threads=settings.vae_threads,
+                             log=lambda _: None)
+    repository = render_repository(models, BUILD / "test-repositories" / name,
+                                   settings=replace(settings, profile=str(profile)))
     log = BUILD / "test-logs" / f"{name}.log"
     log.unlink(missing_ok=True)
     return TritonServer(repository, Ports(*free_ports(3)), log).start()

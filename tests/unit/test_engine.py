@@ -13,15 +13,17 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from scheduler_backend.engine import Engine, Event, RequestFinished, StepProgress, StepReport
+from scheduler_backend.engine import Engine, Event, RequestFinished, StepProgress
 from scheduler_backend.errors import Cancelled, ExecutionFailed, Overloaded
 from scheduler_backend.limits import Limits, ModelSpec
 from scheduler_backend.planner import ContinuousPlanner, Planner, SequentialPlanner
 from scheduler_backend.request import GenerationParams
 from scheduler_backend.sampler import NoiseSchedule, SamplerKind, initial_latent, make_sampler_plan
+from scheduler_backend.vae_chunks import StageShapes
 
 SPEC = ModelSpec(latent_channels=4, vae_scale_factor=2, text_max_length=77, text_hidden_size=32,
                  size_multiple=8, default_size=64, max_size=256)
+VAE_STAGES = StageShapes(channels=(8, 6, 3), scales=(1, 1, 2))  # the fake decoder's stages (vae_stage_row)
 SCHEDULE = NoiseSchedule()
 
 
@@ -60,10 +62,21 @@ class UnetRecord:
         return tuple(dict.fromkeys(f"r{row // 2}" for row in self.rows))
 
 
+def vae_stage_row(stage: int, hidden: np.ndarray) -> np.ndarray:
+    """Stage `stage` of a three-stage decoder with VAE_STAGES geometry whose composition is exactly vae_row: the
+    first two stages carry the latent's first three channels through unchanged, the last one is vae_row."""
+    if stage == 0:
+        return np.concatenate([hidden, -hidden])  # [8, h, w]
+    if stage == 1:
+        return np.concatenate([hidden[:3], hidden[4:7]])  # [6, h, w]
+    return vae_row(hidden)  # [3, 2h, 2w] from hidden[:3]
+
+
 @dataclass(frozen=True)
 class VaeRecord:
     size: int
     latent_hw: tuple[int, int]
+    stage: int | None = None  # run_vae_stage's stage; None for run_vae
 
 
 @dataclass
@@ -101,6 +114,16 @@ class FakeExecutor:
             raise RuntimeError("boom: /secret/path/vae.onnx")
         return np.stack([vae_row(latent) for latent in latents])
 
+    async def run_vae_stage(self, stage: int, hidden: np.ndarray) -> np.ndarray:
+        record = VaeRecord(hidden.shape[0], (hidden.shape[2], hidden.shape[3]), stage)
+        self.vae_calls.append(record)
+        self.log.append(record)
+        await asyncio.sleep(0)
+        self.during_call()
+        if self.fail_vae(record):
+            raise RuntimeError("boom: /secret/path/vae_stage.onnx")
+        return np.stack([vae_stage_row(stage, row) for row in hidden])
+
 
 @dataclass
 class GatedExecutor(FakeExecutor):
@@ -118,6 +141,11 @@ class GatedExecutor(FakeExecutor):
         self.entered.set()
         await self.gate.wait()
         return await super().run_vae(latents)
+
+    async def run_vae_stage(self, stage: int, hidden: np.ndarray) -> np.ndarray:
+        self.entered.set()
+        await self.gate.wait()
+        return await super().run_vae_stage(stage, hidden)
 
 
 # -- helpers -----------------------------------------------------------------------------------------
@@ -167,7 +195,7 @@ def image_of(events: Sequence[Event], request_id: str) -> np.ndarray:
 
 def assert_empty(engine: Engine) -> None:
     assert engine.live_request_ids == ()
-    assert (engine.num_waiting, engine.num_denoising, engine.num_decode_ready) == (0, 0, 0)
+    assert (engine.num_waiting, engine.num_denoising, engine.num_decoding) == (0, 0, 0)
     assert not engine.has_work
 
 
@@ -452,7 +480,7 @@ def test_abort_of_a_waiting_request_ends_it_and_nothing_runs() -> None:
     assert event is not None and event.request_id == "r0" and event.image is None
     assert isinstance(event.error, Cancelled)
     assert_empty(engine)
-    assert asyncio.run(engine.step()) == StepReport(events=())
+    assert asyncio.run(engine.step()).is_idle
     assert executor.log == []
     assert engine.abort("r0") is None
 
@@ -479,10 +507,10 @@ def test_abort_of_a_decode_ready_request_skips_its_decode() -> None:
         engine, executor = make_engine()
         add(engine, 0, params(steps=1))
         await engine.step()
-        assert engine.num_decode_ready == 1
+        assert engine.num_decoding == 1
         assert engine.abort("r0") is not None
         assert_empty(engine)
-        assert await engine.step() == StepReport(events=())
+        assert (await engine.step()).is_idle
         assert executor.vae_calls == []
 
     asyncio.run(scenario())
@@ -526,7 +554,7 @@ def test_abort_during_an_awaited_vae_call_drops_that_request_image() -> None:
         assert engine.abort("r1") is not None
         executor.gate.set()
         report = await step
-        assert list(finished(report.events)) == ["r0"] and report.vae_images == 2
+        assert list(finished(report.events)) == ["r0"] and report.vae_chunks == 2
         assert_empty(engine)
 
     asyncio.run(scenario())
@@ -539,14 +567,14 @@ def test_fail_all_ends_every_live_request_in_every_state() -> None:
         add(engine, 1, params(steps=3))
         await engine.step()
         add(engine, 2, params())
-        assert (engine.num_waiting, engine.num_denoising, engine.num_decode_ready) == (1, 1, 1)
+        assert (engine.num_waiting, engine.num_denoising, engine.num_decoding) == (1, 1, 1)
         error = Overloaded("the server is shutting down")
         events = engine.fail_all(error)
         assert sorted(event.request_id for event in events) == ["r0", "r1", "r2"]
         assert all(event.error is error and event.image is None for event in events)
         assert_empty(engine)
         calls = len(executor.log)
-        assert await engine.step() == StepReport(events=())
+        assert (await engine.step()).is_idle
         assert len(executor.log) == calls
         assert engine.fail_all(error) == []
 
@@ -605,7 +633,7 @@ def test_a_failing_vae_call_fails_only_its_requests() -> None:
         add(engine, 3, params(steps=3, height=16, seed=3))
         await engine.step()
         report = await engine.step()  # two VAE calls and a UNet call, at once
-        assert (report.vae_images, report.unet_calls) == (3, 1)
+        assert (report.vae_chunks, report.unet_calls) == (3, 1)
         ends = finished(report.events)
         assert ends["r0"].image is not None and ends["r0"].error is None
         assert {rid for rid in ends if isinstance(ends[rid].error, ExecutionFailed)} == {"r1", "r2"}
@@ -712,7 +740,7 @@ def test_sequential_planner_runs_one_request_at_a_time() -> None:
         order: list[str] = []
         while engine.has_work:
             report = await engine.step()
-            assert report.unet_calls + report.vae_images == 1
+            assert report.unet_calls + report.vae_chunks == 1
             order += list(finished(report.events))
         assert order == ["r0", "r1", "r2"]
         trace = [f"unet:{','.join(c.request_ids)}" if isinstance(c, UnetRecord) else f"vae:{c.size}"

@@ -8,8 +8,8 @@ from hypothesis import strategies as st
 
 from scheduler_backend.limits import Limits, ModelSpec
 from scheduler_backend.planner import (ContinuousPlanner, RequestView, SchedulerView, SequentialPlanner, StepPlan,
-                                       UnetCall, VaeCall, group_by_shape)
-from scheduler_backend.policies import POLICIES, make_planner
+                                       StaticPlanner, UnetCall, VaeCall, VaeJobView, group_by_shape)
+from scheduler_backend.policies import POLICIES, make_policy
 
 SMALL = (4, 8, 8)
 LARGE = (4, 16, 16)
@@ -23,7 +23,8 @@ def req(request_id: str, shape: tuple[int, ...] = SMALL, steps_done: int = 0, nu
 
 def view(waiting: tuple[RequestView, ...] = (), denoising: tuple[RequestView, ...] = (),
          decode_ready: tuple[RequestView, ...] = ()) -> SchedulerView:
-    return SchedulerView(waiting=waiting, denoising=denoising, decode_ready=decode_ready)
+    jobs = tuple(VaeJobView(r.request_id, r.latent_shape, ("whole",), r.latent_shape) for r in decode_ready)
+    return SchedulerView(waiting=waiting, denoising=denoising, vae_jobs=jobs)
 
 
 def waiting(count: int, shape: tuple[int, ...] = SMALL) -> tuple[RequestView, ...]:
@@ -106,15 +107,15 @@ def test_continuous_plans_keep_every_invariant(scheduler_view: SchedulerView, ma
     plan = ContinuousPlanner(max_running).plan(scheduler_view)
     waiting_ids = tuple(r.request_id for r in scheduler_view.waiting)
     assert plan.admit == waiting_ids[:len(plan.admit)]
-    assert len(scheduler_view.denoising) + len(plan.admit) <= max(max_running, len(scheduler_view.denoising))
-    if len(scheduler_view.denoising) + len(plan.admit) < max_running:
+    assert scheduler_view.running + len(plan.admit) <= max(max_running, scheduler_view.running)
+    if scheduler_view.running + len(plan.admit) < max_running:
         assert plan.admit == waiting_ids  # nobody is kept waiting while a slot is free
     shapes = {r.request_id: r.latent_shape for r in (*scheduler_view.waiting, *scheduler_view.denoising,
-                                                     *scheduler_view.decode_ready)}
+                                                     *scheduler_view.vae_jobs)}
     stepped = [rid for call in plan.unet_calls for rid in call.request_ids]
     assert sorted(stepped) == sorted([r.request_id for r in scheduler_view.denoising] + list(plan.admit))
     decoded = [rid for call in plan.vae_calls for rid in call.request_ids]
-    assert sorted(decoded) == sorted(r.request_id for r in scheduler_view.decode_ready)
+    assert sorted(decoded) == sorted(r.request_id for r in scheduler_view.vae_jobs)
     for call in (*plan.unet_calls, *plan.vae_calls):
         assert call.request_ids and len({shapes[rid] for rid in call.request_ids}) == 1
 
@@ -125,7 +126,7 @@ def test_continuous_plans_keep_every_invariant(scheduler_view: SchedulerView, ma
 def test_sequential_decodes_first_when_an_image_is_ready() -> None:
     plan = SequentialPlanner().plan(view(waiting=waiting(2), denoising=(req("d0"),),
                                          decode_ready=(req("f0", steps_done=4), req("f1", steps_done=4))))
-    assert plan == StepPlan(vae_calls=(VaeCall(("f0",)),))
+    assert plan == StepPlan(vae_after=(VaeCall(("f0",)),))
 
 
 def test_sequential_steps_only_the_first_denoising_request() -> None:
@@ -148,13 +149,45 @@ LIMITS = Limits(ModelSpec(latent_channels=4, vae_scale_factor=2, text_max_length
                           size_multiple=8, default_size=64, max_size=256), max_running_requests=5)
 
 
-def test_make_planner_builds_each_policy_by_name() -> None:
-    assert make_planner("sequential", LIMITS) == SequentialPlanner()
-    assert make_planner("continuous", LIMITS) == ContinuousPlanner(5)
-    assert set(POLICIES) == {"sequential", "continuous"}
+def test_make_policy_builds_each_baseline_by_name() -> None:
+    assert make_policy("sequential", LIMITS).planner == SequentialPlanner()
+    assert make_policy("continuous", LIMITS).planner == ContinuousPlanner(5)
+    assert make_policy("static", LIMITS).planner == StaticPlanner(5, 0.05)
+    assert set(POLICIES) >= {"sequential", "static", "continuous", "synerdiff"}
 
 
-@pytest.mark.parametrize("name", ["", "Continuous", "fifo", "synerdiff"])
-def test_make_planner_rejects_unknown_names_listing_the_choices(name: str) -> None:
-    with pytest.raises(ValueError, match="sequential, continuous"):
-        make_planner(name, LIMITS)
+def test_synerdiff_policies_need_a_profile() -> None:
+    with pytest.raises(ValueError, match="latency profile"):
+        make_policy("synerdiff", LIMITS)
+
+
+@pytest.mark.parametrize("name", ["", "Continuous", "fifo", "synerdiff-fast"])
+def test_make_policy_rejects_unknown_names_listing_the_choices(name: str) -> None:
+    with pytest.raises(ValueError, match="sequential, static, continuous, synerdiff"):
+        make_policy(name, LIMITS)
+
+
+# -- static ------------------------------------------------------------------------------------------
+
+
+def test_static_waits_for_a_full_batch_until_the_queue_delay() -> None:
+    young = tuple(RequestView(f"w{i}", SMALL, 2, 0, 4, waited_s=0.01) for i in range(2))
+    plan = StaticPlanner(4, 0.05).plan(view(waiting=young))
+    assert plan.is_idle and plan.retry_after_s == pytest.approx(0.04)
+    old = tuple(RequestView(f"w{i}", SMALL, 2, 0, 4, waited_s=0.06) for i in range(2))
+    assert StaticPlanner(4, 0.05).plan(view(waiting=old)) == StepPlan(admit=("w0", "w1"),
+                                                                       unet_calls=(UnetCall(("w0", "w1")),))
+
+
+def test_static_starts_a_full_batch_at_once_of_the_head_shape_only() -> None:
+    queue = (req("w0"), req("w1"), req("w2", LARGE), req("w3"))
+    assert StaticPlanner(2, 1.0).plan(view(waiting=queue)).admit == ("w0", "w1")
+    assert StaticPlanner(4, 0.0).plan(view(waiting=queue)).admit == ("w0", "w1")
+
+
+def test_static_runs_its_batch_to_the_end_then_decodes_it_all_before_admitting() -> None:
+    planner = StaticPlanner(4, 0.0)
+    plan = planner.plan(view(waiting=waiting(2), denoising=(req("d0"),), decode_ready=(req("f0", steps_done=4),)))
+    assert plan == StepPlan(unet_calls=(UnetCall(("d0",)),))
+    plan = planner.plan(view(waiting=waiting(2), decode_ready=(req("f0", steps_done=4), req("f1", steps_done=4))))
+    assert plan == StepPlan(vae_after=(VaeCall(("f0", "f1")),))

@@ -10,6 +10,8 @@ import pytest
 from export import render
 from export.render import RenderError, ServingSettings, render_repository
 
+PROFILED = ServingSettings(profile="/profiles/machine.json")
+
 MODELS = {"diffusion", "preprocess", "text_encoder", "txt2img", "txt2img_unary", "unet", "vae_decoder"}
 
 
@@ -27,7 +29,7 @@ def config(out: Path, model: str) -> str:
 
 @pytest.fixture
 def rendered(tmp_path: Path) -> Path:
-    return render_repository(fake_model_dir(tmp_path), tmp_path / "repo")
+    return render_repository(fake_model_dir(tmp_path), tmp_path / "repo", settings=PROFILED)
 
 
 def test_every_model_gets_a_config_and_a_version_dir(rendered: Path) -> None:
@@ -60,7 +62,7 @@ def test_manifest_values_and_an_absolute_model_dir_are_substituted(tmp_path: Pat
                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     fake_model_dir(tmp_path, hidden_size=48, latent_channels=6)
     monkeypatch.chdir(tmp_path)
-    out = render_repository(Path("model"), tmp_path / "repo")
+    out = render_repository(Path("model"), tmp_path / "repo", settings=PROFILED)
     absolute = str((tmp_path / "model").resolve())
     assert f'string_value: "{absolute}"' in config(out, "diffusion")
     assert f'string_value: "{absolute}/unet.onnx"' in config(out, "unet")
@@ -83,7 +85,7 @@ def test_serving_settings_are_substituted(tmp_path: Path) -> None:
 def test_rendering_replaces_what_was_in_the_output_dir(tmp_path: Path) -> None:
     out = tmp_path / "repo"
     (out / "stale_model").mkdir(parents=True)
-    render_repository(fake_model_dir(tmp_path), out)
+    render_repository(fake_model_dir(tmp_path), out, settings=PROFILED)
     assert not (out / "stale_model").exists()
     assert (out / "unet" / "config.pbtxt").is_file()
 
@@ -92,7 +94,7 @@ def test_unknown_target_raises_and_leaves_the_output_dir_alone(tmp_path: Path) -
     out = tmp_path / "repo"
     (out / "keep").mkdir(parents=True)
     with pytest.raises(RenderError, match="unknown target 'gpu'; choose one of cpu"):
-        render_repository(fake_model_dir(tmp_path), out, target="gpu")
+        render_repository(fake_model_dir(tmp_path), out, target="gpu", settings=PROFILED)
     assert (out / "keep").is_dir()
 
 
@@ -108,7 +110,7 @@ def test_a_template_with_an_unknown_key_raises_naming_the_key(tmp_path: Path,
     write_template(templates, "broken", 'name: "broken"\nparameters: { key: "x" value: "${no_such_key}" }\n')
     monkeypatch.setattr(render, "TEMPLATES_DIR", templates)
     with pytest.raises(RenderError) as caught:
-        render_repository(fake_model_dir(tmp_path), tmp_path / "repo")
+        render_repository(fake_model_dir(tmp_path), tmp_path / "repo", settings=PROFILED)
     assert "${no_such_key}" in str(caught.value)
     assert "broken" in str(caught.value)
 
@@ -118,7 +120,7 @@ def test_a_template_with_a_malformed_placeholder_raises(tmp_path: Path, monkeypa
     write_template(templates, "m", 'value: "${model dir}"\n')
     monkeypatch.setattr(render, "TEMPLATES_DIR", templates)
     with pytest.raises(RenderError):
-        render_repository(fake_model_dir(tmp_path), tmp_path / "repo")
+        render_repository(fake_model_dir(tmp_path), tmp_path / "repo", settings=PROFILED)
 
 
 def test_a_temporary_template_dir_is_rendered_alone(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -126,21 +128,30 @@ def test_a_temporary_template_dir_is_rendered_alone(tmp_path: Path, monkeypatch:
     write_template(templates, "only", 'hidden: ${text_hidden_size} policy: ${policy} cost: $$5\n')
     (templates / "only" / "model.py").write_text("# adapter\n")
     monkeypatch.setattr(render, "TEMPLATES_DIR", templates)
-    out = render_repository(fake_model_dir(tmp_path, hidden_size=64), tmp_path / "repo")
+    out = render_repository(fake_model_dir(tmp_path, hidden_size=64), tmp_path / "repo", settings=PROFILED)
     assert [path.name for path in out.iterdir()] == ["only"]
-    assert config(out, "only") == "hidden: 64 policy: continuous cost: $5\n"
+    assert config(out, "only") == "hidden: 64 policy: synerdiff cost: $5\n"
     assert (out / "only" / "1" / "model.py").read_text() == "# adapter\n"
 
 
 def test_a_failed_render_leaves_the_previous_repository_intact(tmp_path: Path,
                                                                monkeypatch: pytest.MonkeyPatch) -> None:
     models, out = fake_model_dir(tmp_path), tmp_path / "repo"
-    render_repository(models, out)
+    render_repository(models, out, settings=PROFILED)
     before = sorted(path.relative_to(out) for path in out.rglob("*"))
     templates = tmp_path / "bad-templates"
     write_template(templates, "broken", 'name: "${no_such_key}"\n')
     monkeypatch.setattr(render, "TEMPLATES_DIR", templates)
     with pytest.raises(RenderError):
-        render_repository(models, out)
+        render_repository(models, out, settings=PROFILED)
     assert sorted(path.relative_to(out) for path in out.rglob("*")) == before
     assert not (tmp_path / "repo.rendering").exists()
+
+
+def test_synerdiff_needs_a_profile_and_the_diffusion_config_names_it(tmp_path: Path) -> None:
+    model_dir = fake_model_dir(tmp_path)
+    with pytest.raises(RenderError, match="latency profile"):
+        render_repository(model_dir, tmp_path / "repo", settings=ServingSettings(policy="synerdiff"))
+    out = render_repository(model_dir, tmp_path / "repo", settings=PROFILED)
+    config = (out / "diffusion" / "config.pbtxt").read_text()
+    assert 'string_value: "/profiles/machine.json"' in config and 'string_value: "stages"' in config

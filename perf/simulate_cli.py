@@ -1,0 +1,180 @@
+"""`synerdiff simulate`: every policy on the same arrivals in the discrete-event simulator, as a table.
+
+For one latency profile: mean / P50 / P99 end-to-end latency of each policy at a few loads (fractions of
+the hardware bound) with Poisson and with bursty arrivals, and each policy's maximum sustainable
+throughput (the highest Poisson rate whose P99 stays under the SLO; found by bisection), with its ratio
+to `synerdiff`. Deterministic for a seed. Prints Markdown; `--json` writes the numbers too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from perf.simulator import (Arrival, RequestMix, SimulationResult, bursty_arrivals, poisson_arrivals, simulate)
+from scheduler_backend.policies import POLICIES
+from scheduler_backend.profile import LatencyProfile
+from scheduler_backend.vae_chunks import StageShapes
+
+ARRIVALS: dict[str, Callable[..., list[Arrival]]] = {"poisson": poisson_arrivals, "bursty": bursty_arrivals}
+
+
+@dataclass(frozen=True)
+class Bounds:
+    """What the hardware allows for this mix, from the profile alone."""
+
+    throughput_per_s: float  # 1 / (mean rows x steps / peak rows/s + whole decode)
+    single_latency_s: float  # the slowest request of the mix, alone, with its batch of 1
+    slo_s: float  # the P99 bound that defines "sustainable"
+
+
+def hardware_bounds(profile: LatencyProfile, mix: RequestMix, slo_factor: float) -> Bounds:
+    rows = 1 + mix.guided_fraction
+    work_s = statistics.mean(mix.steps) * rows / profile.peak_rows_per_second + profile.chunk_seconds("whole")
+    single_s = max(mix.steps) * profile.unet_call_seconds(2) + profile.chunk_seconds("whole")
+    return Bounds(1.0 / work_s, single_s, slo_factor * single_s)
+
+
+@dataclass(frozen=True)
+class Summary:
+    mean_s: float
+    p50_s: float
+    p99_s: float
+    throughput_per_s: float
+    rejected: int
+    skipped_cfg_fraction: float
+    planning_p50_ms: float
+    planning_max_ms: float
+
+
+def summarize(result: SimulationResult) -> Summary:
+    latencies = np.array([r.latency_s for r in result.records if r.latency_s is not None])
+    images = len(latencies)
+    rows = result.unet_rows + result.skipped_cfg_rows
+    return Summary(float(latencies.mean()), float(np.percentile(latencies, 50)), float(np.percentile(latencies, 99)),
+                   images / result.end_s, len(result.records) - images, result.skipped_cfg_rows / max(rows, 1),
+                   1000 * float(np.median(result.planning_s)), 1000 * float(np.max(result.planning_s)))
+
+
+@dataclass(frozen=True)
+class Job:
+    policy: str
+    arrivals: str
+    rate_per_s: float
+    count: int
+    seed: int
+    profile: dict[str, Any]
+    stages: tuple[tuple[int, ...], tuple[int, ...]] | None
+
+
+def run_job(job: Job) -> Summary:
+    profile = LatencyProfile.from_json(job.profile)
+    arrivals = ARRIVALS[job.arrivals](job.rate_per_s, job.count, job.seed)
+    stages = StageShapes(*job.stages) if job.stages else None
+    return summarize(simulate(job.policy, arrivals, profile, stages=stages, seed=job.seed))
+
+
+def stage_shapes(profile: LatencyProfile) -> StageShapes | None:
+    stages = profile.metadata.get("vae_stages")
+    return StageShapes(tuple(stages["channels"]), tuple(stages["scales"])) if stages else None
+
+
+def max_sustainable(policy: str, base: Job, bounds: Bounds, pool: ProcessPoolExecutor, iterations: int) -> float:
+    """The highest Poisson rate (bisection between 5 % and 150 % of the bound) whose P99 <= SLO."""
+    low, high = 0.05 * bounds.throughput_per_s, 1.5 * bounds.throughput_per_s
+    for _ in range(iterations):
+        middle = (low + high) / 2
+        summary = pool.submit(run_job, Job(policy, "poisson", middle, base.count, base.seed, base.profile,
+                                           base.stages)).result()
+        if summary.p99_s <= bounds.slo_s and summary.rejected == 0:
+            low = middle
+        else:
+            high = middle
+    return low
+
+
+def sweep(profile: LatencyProfile, policies: Sequence[str], loads: Sequence[float], count: int, seed: int,
+          slo_factor: float, bisection: int, workers: int) -> dict[str, Any]:
+    bounds = hardware_bounds(profile, RequestMix(), slo_factor)
+    stages = stage_shapes(profile)
+    stage_tuple = (stages.channels, stages.scales) if stages else None
+    base = Job("", "poisson", 0.0, count, seed, profile.to_json(), stage_tuple)
+    with ProcessPoolExecutor(workers) as pool:
+        grid = {(policy, kind, load): pool.submit(run_job, Job(policy, kind, load * bounds.throughput_per_s, count,
+                                                               seed, base.profile, stage_tuple))
+                for policy in policies for kind in ARRIVALS for load in loads}
+        with ThreadPoolExecutor(len(policies)) as bisections:  # each bisection waits on the process pool
+            searches = {policy: bisections.submit(max_sustainable, policy, base, bounds, pool, bisection)
+                        for policy in policies}
+            capacity = {policy: search.result() for policy, search in searches.items()}
+        latency = {key: future.result() for key, future in grid.items()}
+    return {"bounds": asdict(bounds), "loads": list(loads), "count": count, "seed": seed,
+            "profile": profile.metadata, "capacity": capacity,
+            "latency": {f"{p}|{k}|{l}": asdict(s) for (p, k, l), s in latency.items()}}
+
+
+def markdown(result: dict[str, Any], policies: Sequence[str]) -> str:
+    bounds, capacity = result["bounds"], result["capacity"]
+    reference = capacity.get("synerdiff")
+    lines = [f"Hardware bound {bounds['throughput_per_s']:.3f} img/s; single request {bounds['single_latency_s']:.3f} s; "
+             f"SLO for 'sustainable': P99 <= {bounds['slo_s']:.2f} s. {result['count']} requests per run, seed "
+             f"{result['seed']}.", "",
+             "| policy | max sustainable img/s | vs synerdiff | of bound | "
+             + " | ".join(f"{kind} {load:.0%}: mean / P99 s" for kind in ARRIVALS for load in result["loads"]) + " |",
+             "|---|---|---|---|" + "---|" * (len(ARRIVALS) * len(result["loads"]))]
+    for policy in policies:
+        cells = [f"{capacity[policy]:.3f}",
+                 f"{capacity[policy] / reference:.2f}x" if reference else "-",
+                 f"{capacity[policy] / bounds['throughput_per_s']:.0%}"]
+        for kind in ARRIVALS:
+            for load in result["loads"]:
+                s = result["latency"][f"{policy}|{kind}|{load}"]
+                cells.append(f"{s['mean_s']:.2f} / {s['p99_s']:.2f}")
+        lines.append(f"| {policy} | " + " | ".join(cells) + " |")
+    skip = {p: result["latency"][f"{p}|poisson|{result['loads'][-1]}"]["skipped_cfg_fraction"] for p in policies}
+    plan = {p: result["latency"][f"{p}|poisson|{result['loads'][-1]}"]["planning_p50_ms"] for p in policies}
+    lines += ["", "Skip-CFG share of UNet rows at the highest load: "
+              + ", ".join(f"{p} {v:.1%}" for p, v in skip.items() if v),
+              "Planner decision time, median ms: " + ", ".join(f"{p} {v:.2f}" for p, v in plan.items())]
+    return "\n".join(lines)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--profile", type=Path, required=True, help="latency profile JSON (synerdiff profile)")
+    parser.add_argument("--policies", default=",".join(POLICIES))
+    parser.add_argument("--loads", default="0.4,0.7", help="offered loads as fractions of the hardware bound")
+    parser.add_argument("--requests", type=int, default=300)
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--slo-factor", type=float, default=5.0,
+                        help="P99 bound for 'sustainable', in single-request latencies")
+    parser.add_argument("--bisection", type=int, default=7)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--json", type=Path, help="also write the numbers here")
+
+
+def run(args: argparse.Namespace) -> int:
+    profile = LatencyProfile.load(args.profile)
+    policies = [p for p in args.policies.split(",") if p]
+    result = sweep(profile, policies, [float(x) for x in args.loads.split(",")], args.requests, args.seed,
+                   args.slo_factor, args.bisection, args.workers)
+    print(markdown(result, policies))
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2) + "\n")
+    return 0
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(prog="python -m perf.simulate_cli", description=__doc__)
+    add_arguments(parser)
+    return run(parser.parse_args())
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
