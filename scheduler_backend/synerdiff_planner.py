@@ -89,13 +89,16 @@ class SynerDiffPlanner:
         constrained = bool(options) and options[-1].rows >= target_rows
         chunks = self._chunk_queue(view.vae_jobs)
         unit_s = 1.0 / self.profile.peak_rows_per_second  # amortised seconds per UNet row at the best batch
+        contention = self._contention(view)
         if self.options.search == "greedy":
-            choice = self._greedy(options[:1], chunks, threshold, area)
+            choice = self._greedy(options[:1], chunks, threshold, area, contention)
         else:
-            choice = self._search(view, candidates, options, chunks, threshold, area, unit_s, constrained)
+            choice = self._search(view, candidates, options, chunks, threshold, area, unit_s, constrained, contention)
         if choice.rows is not None and constrained:
             deserved_s = choice.rows.work_rows * area / (threshold * self.profile.peak_rows_per_second)
-            cap_s = self.profile.unet_call_seconds(target_rows, area)
+            # The credit may save up one threshold step, or the head chunk when that is longer, so even a
+            # chunk longer than the UNet step eventually runs beside or after it.
+            cap_s = max(self.profile.unet_call_seconds(target_rows, area), chunks[0].seconds if chunks else 0.0)
             self._credit_s = min(cap_s, self._credit_s + deserved_s - choice.seconds)
         else:
             self._credit_s = max(self._credit_s, 0.0)
@@ -133,14 +136,16 @@ class SynerDiffPlanner:
         return queue
 
     def _contention(self, view: SchedulerView) -> Contention:
-        kinds = {kind for job in view.vae_jobs for kind in job.pending[:1]}
+        """The worst factors over the chunk kinds a plan may run (a lane can hold several kinds)."""
+        kinds = {kind for job in view.vae_jobs for kind in job.pending}
         factors = [self.profile.contention_for(kind) for kind in kinds] or [Contention()]
         return Contention(max(c.unet_slowdown for c in factors), max(c.vae_slowdown for c in factors))
 
     # -- the table ----------------------------------------------------------------------------------
 
     def _search(self, view: SchedulerView, candidates: Sequence[RequestView], options: list[_Rows],
-                chunks: list[_Chunk], threshold: float, area: float, unit_s: float, constrained: bool) -> _Choice:
+                chunks: list[_Chunk], threshold: float, area: float, unit_s: float, constrained: bool,
+                contention: Contention) -> _Choice:
         order = [*(job.request_id for job in view.vae_jobs), *(r.request_id for r in view.denoising),
                  *(r.request_id for r in view.waiting)]
         total = len(order)
@@ -151,7 +156,6 @@ class SynerDiffPlanner:
         for chunk in chunks:
             done_s.append(done_s[-1] + chunk.seconds)
             removed.append(removed[-1] + chunk.seconds * weight[view.vae_jobs[chunk.job].request_id])
-        contention = self._contention(view)
         peak = self.profile.peak_rows_per_second
         best: _Choice | None = None
         for index, rows in enumerate(options or [None]):  # type: ignore[list-item]
@@ -175,15 +179,15 @@ class SynerDiffPlanner:
         assert best is not None  # m = 0 is always allowed
         return best
 
-    def _greedy(self, options: list[_Rows], chunks: list[_Chunk], threshold: float, area: float) -> _Choice:
+    def _greedy(self, options: list[_Rows], chunks: list[_Chunk], threshold: float, area: float,
+                contention: Contention) -> _Choice:
         rows = options[0] if options else None
         unet_s = self.profile.unet_call_seconds(rows.rows, area) if rows else 0.0
-        contention = self.profile.contention_for("*") if not chunks else Contention()
         done_s = [0.0]
         for chunk in chunks:
             done_s.append(done_s[-1] + chunk.seconds)
         if rows is None:
-            cap_s = max(self.profile.unet_call_seconds(self.profile.threshold_rows(threshold)),
+            cap_s = max(self.profile.unet_call_seconds(self.profile.threshold_rows(threshold), area),
                         chunks[0].seconds if chunks else 0.0)
             m = max((i for i in range(len(chunks) + 1) if done_s[i] <= cap_s + 1e-12), default=0)
             return _Choice(0.0, None, m, 0, done_s[m])

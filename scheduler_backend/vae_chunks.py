@@ -53,7 +53,9 @@ class ChunkingSpec:
     def parse(cls, text: str) -> ChunkingSpec:
         """"whole", "stages", "tiles" or "tiles:RxC:overlap" (e.g. "tiles:2x2:4")."""
         mode, _, rest = text.strip().partition(":")
-        if mode != "tiles" or not rest:
+        if rest and mode != "tiles":
+            raise ValueError(f"VAE chunking {text!r}: only 'tiles' takes a grid (e.g. tiles:2x2:4)")
+        if not rest:
             return cls(mode=mode)
         grid_text, _, overlap_text = rest.partition(":")
         rows, _, cols = grid_text.partition("x")
