@@ -22,13 +22,13 @@ from dataclasses import dataclass
 @dataclass(frozen=True)
 class ControllerSettings:
     minimum: float = 0.70
-    maximum: float = 0.98
+    maximum: float = 0.90
     initial: float = 0.80
     step: float = 0.05
-    smoothing: float = 0.3  # α of the exponentially weighted moving average
+    smoothing: float = 0.1  # α of the exponentially weighted moving average (about 10 iterations)
     raise_above: float = 4.0  # smoothed waiting requests
     lower_below: float = 1.0
-    dwell: int = 3  # iterations θ holds after a move
+    dwell: int = 10  # iterations θ holds after a move
 
     def __post_init__(self) -> None:
         if not 0.0 < self.minimum <= self.initial <= self.maximum <= 1.0:

@@ -88,7 +88,7 @@ class SynerDiffPlanner:
         options = self._row_options(candidates, target_rows)
         constrained = bool(options) and options[-1].rows >= target_rows
         chunks = self._chunk_queue(view.vae_jobs)
-        unit_s = 1.0 / self.profile.peak_rows_per_second  # amortised seconds per UNet row at the best batch
+        unit_s = self.profile.unet_call_seconds(target_rows) / target_rows  # seconds per row at the threshold batch
         contention = self._contention(view)
         if self.options.search == "greedy":
             choice = self._greedy(options[:1], chunks, threshold, area, contention)

@@ -328,7 +328,7 @@ def test_on_a_gpu_like_profile_it_steps_more_rows_as_a_long_queue_raises_theta()
     thetas = sorted(seen)
     assert thetas[0] == pytest.approx(0.7) and thetas[-1] == pytest.approx(0.95)
     rows = [seen[theta] for theta in thetas]
-    assert rows == sorted(rows) and rows[-1] > rows[0]
+    assert rows[-1] > rows[0]  # (between, the latency objective may step more than the threshold batch)
     assert all(seen[theta] >= GPU.threshold_rows(theta) for theta in thetas)
 
 
