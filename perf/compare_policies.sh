@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 set -u
-# Sequential vs continuous policy on the `bench` preset: 8 requests of 10 guided steps sent at once,
-# two interleaved rounds. Needs ports 8000-8002 free. Usage: bash perf/compare_policies.sh
+# Policies side by side on the real server with the `bench` preset: 8 requests of 10 guided steps sent at
+# once, two interleaved rounds. Needs ports 8000-8002 free.
+# Usage: bash perf/compare_policies.sh [policy ...]   (default: sequential continuous synerdiff)
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
+policies=("${@:-sequential continuous synerdiff}")
 for round in 1 2; do
-for policy in sequential continuous; do
+for policy in ${policies[@]}; do
   .venv/bin/python -m perf.serve --preset bench --policy $policy > /tmp/serve-$policy.log 2>&1 &
   for i in $(seq 120); do sleep 1; [ "$(curl -s -o /dev/null -w '%{http_code}' 127.0.0.1:8000/v2/health/ready)" = 200 ] && break; done
   .venv/bin/synerdiff generate "warm up" --steps 2 --seed 1 --out /tmp/warm --no-progress > /dev/null
