@@ -14,8 +14,10 @@ import argparse
 import random
 from pathlib import Path
 
-from perf.simulate_cli import hardware_bounds, stage_shapes
-from perf.simulator import Arrival, RequestMix, simulate
+from perf.report import hardware_bounds
+from perf.simulate_cli import stage_shapes
+from perf.simulator import simulate
+from perf.workload import Arrival, RequestMix
 from scheduler_backend.profile import LatencyProfile
 
 LEVELS = " ▁▂▃▄▅▆▇█"

@@ -3,7 +3,7 @@
 For one latency profile: mean / P50 / P99 end-to-end latency of each policy at a few loads (fractions of
 the hardware bound) with Poisson and with bursty arrivals, and each policy's maximum sustainable
 throughput (the highest Poisson rate whose P99 stays under the SLO; found by bisection), with its ratio
-to `synerdiff`. Deterministic for a seed. Prints Markdown; `--json` writes the numbers too.
+to `synerdiff`. Deterministic for its seeds (one run per seed, latencies pooled). Prints Markdown; `--json` writes the numbers too.
 """
 
 from __future__ import annotations
@@ -18,28 +18,14 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from perf.simulator import (Arrival, RequestMix, SimulationResult, bursty_arrivals, poisson_arrivals, simulate)
+from perf.report import Bounds, hardware_bounds, summarize_records
+from perf.simulator import SimulationResult, simulate
+from perf.workload import Arrival, RequestMix, bursty_arrivals, poisson_arrivals
 from scheduler_backend.policies import POLICIES
 from scheduler_backend.profile import LatencyProfile
 from scheduler_backend.vae_chunks import StageShapes
 
 ARRIVALS: dict[str, Callable[..., list[Arrival]]] = {"poisson": poisson_arrivals, "bursty": bursty_arrivals}
-
-
-@dataclass(frozen=True)
-class Bounds:
-    """What the hardware allows for this mix, from the profile alone."""
-
-    throughput_per_s: float  # 1 / (mean rows x steps / peak rows/s + whole decode)
-    single_latency_s: float  # the slowest request of the mix, alone, with its batch of 1
-    slo_s: float  # the P99 bound that defines "sustainable"
-
-
-def hardware_bounds(profile: LatencyProfile, mix: RequestMix, slo_factor: float) -> Bounds:
-    rows = 1 + mix.guided_fraction
-    work_s = statistics.mean(mix.steps) * rows / profile.peak_rows_per_second + profile.chunk_seconds("whole")
-    single_s = max(mix.steps) * profile.unet_call_seconds(2) + profile.chunk_seconds("whole")
-    return Bounds(1.0 / work_s, single_s, slo_factor * single_s)
 
 
 @dataclass(frozen=True)
@@ -54,13 +40,15 @@ class Summary:
     planning_max_ms: float
 
 
-def summarize(result: SimulationResult) -> Summary:
-    latencies = np.array([r.latency_s for r in result.records if r.latency_s is not None])
-    images = len(latencies)
-    rows = result.unet_rows + result.skipped_cfg_rows
-    return Summary(float(latencies.mean()), float(np.percentile(latencies, 50)), float(np.percentile(latencies, 99)),
-                   images / result.end_s, len(result.records) - images, result.skipped_cfg_rows / max(rows, 1),
-                   1000 * float(np.median(result.planning_s)), 1000 * float(np.max(result.planning_s)))
+def summarize(results: Sequence[SimulationResult]) -> Summary:
+    """Latencies pooled over the runs (one per seed); throughput averaged over them."""
+    latency = summarize_records([record for result in results for record in result.records])
+    throughput = statistics.mean(summarize_records(result.records).throughput_per_s for result in results)
+    skipped = sum(result.skipped_cfg_rows for result in results)
+    rows = sum(result.unet_rows for result in results) + skipped
+    planning = [seconds for result in results for seconds in result.planning_s]
+    return Summary(latency.mean_s, latency.p50_s, latency.p99_s, throughput, latency.rejected,
+                   skipped / max(rows, 1), 1000 * float(np.median(planning)), 1000 * float(np.max(planning)))
 
 
 @dataclass(frozen=True)
@@ -69,16 +57,16 @@ class Job:
     arrivals: str
     rate_per_s: float
     count: int
-    seed: int
+    seeds: tuple[int, ...]
     profile: dict[str, Any]
     stages: tuple[tuple[int, ...], tuple[int, ...]] | None
 
 
 def run_job(job: Job) -> Summary:
     profile = LatencyProfile.from_json(job.profile)
-    arrivals = ARRIVALS[job.arrivals](job.rate_per_s, job.count, job.seed)
     stages = StageShapes(*job.stages) if job.stages else None
-    return summarize(simulate(job.policy, arrivals, profile, stages=stages, seed=job.seed))
+    return summarize([simulate(job.policy, ARRIVALS[job.arrivals](job.rate_per_s, job.count, seed), profile,
+                               stages=stages, seed=seed) for seed in job.seeds])
 
 
 def stage_shapes(profile: LatencyProfile) -> StageShapes | None:
@@ -91,7 +79,7 @@ def max_sustainable(policy: str, base: Job, bounds: Bounds, pool: ProcessPoolExe
     low, high = 0.05 * bounds.throughput_per_s, 1.5 * bounds.throughput_per_s
     for _ in range(iterations):
         middle = (low + high) / 2
-        summary = pool.submit(run_job, Job(policy, "poisson", middle, base.count, base.seed, base.profile,
+        summary = pool.submit(run_job, Job(policy, "poisson", middle, base.count, base.seeds, base.profile,
                                            base.stages)).result()
         if summary.p99_s <= bounds.slo_s and summary.rejected == 0:
             low = middle
@@ -100,22 +88,22 @@ def max_sustainable(policy: str, base: Job, bounds: Bounds, pool: ProcessPoolExe
     return low
 
 
-def sweep(profile: LatencyProfile, policies: Sequence[str], loads: Sequence[float], count: int, seed: int,
+def sweep(profile: LatencyProfile, policies: Sequence[str], loads: Sequence[float], count: int, seeds: tuple[int, ...],
           slo_factor: float, bisection: int, workers: int) -> dict[str, Any]:
     bounds = hardware_bounds(profile, RequestMix(), slo_factor)
     stages = stage_shapes(profile)
     stage_tuple = (stages.channels, stages.scales) if stages else None
-    base = Job("", "poisson", 0.0, count, seed, profile.to_json(), stage_tuple)
+    base = Job("", "poisson", 0.0, count, seeds, profile.to_json(), stage_tuple)
     with ProcessPoolExecutor(workers) as pool:
         grid = {(policy, kind, load): pool.submit(run_job, Job(policy, kind, load * bounds.throughput_per_s, count,
-                                                               seed, base.profile, stage_tuple))
+                                                               seeds, base.profile, stage_tuple))
                 for policy in policies for kind in ARRIVALS for load in loads}
         with ThreadPoolExecutor(len(policies)) as bisections:  # each bisection waits on the process pool
             searches = {policy: bisections.submit(max_sustainable, policy, base, bounds, pool, bisection)
                         for policy in policies}
             capacity = {policy: search.result() for policy, search in searches.items()}
         latency = {key: future.result() for key, future in grid.items()}
-    return {"bounds": asdict(bounds), "loads": list(loads), "count": count, "seed": seed,
+    return {"bounds": asdict(bounds), "loads": list(loads), "count": count, "seeds": list(seeds),
             "profile": profile.metadata, "capacity": capacity,
             "latency": {f"{p}|{k}|{l}": asdict(s) for (p, k, l), s in latency.items()}}
 
@@ -124,8 +112,8 @@ def markdown(result: dict[str, Any], policies: Sequence[str]) -> str:
     bounds, capacity = result["bounds"], result["capacity"]
     reference = capacity.get("synerdiff")
     lines = [f"Hardware bound {bounds['throughput_per_s']:.3f} img/s; single request {bounds['single_latency_s']:.3f} s; "
-             f"SLO for 'sustainable': P99 <= {bounds['slo_s']:.2f} s. {result['count']} requests per run, seed "
-             f"{result['seed']}.", "",
+             f"SLO for 'sustainable': P99 <= {bounds['slo_s']:.2f} s. {result['count']} requests per run, "
+             f"latencies pooled over seeds {', '.join(map(str, result['seeds']))}.", "",
              "| policy | max sustainable img/s | vs synerdiff | of bound | "
              + " | ".join(f"{kind} {load:.0%}: mean / P99 s" for kind in ARRIVALS for load in result["loads"]) + " |",
              "|---|---|---|---|" + "---|" * (len(ARRIVALS) * len(result["loads"]))]
@@ -151,7 +139,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--policies", default=",".join(POLICIES))
     parser.add_argument("--loads", default="0.4,0.7", help="offered loads as fractions of the hardware bound")
     parser.add_argument("--requests", type=int, default=300)
-    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--seeds", default="1,2,3", help="one run per seed; latencies are pooled")
     parser.add_argument("--slo-factor", type=float, default=5.0,
                         help="P99 bound for 'sustainable', in single-request latencies")
     parser.add_argument("--bisection", type=int, default=7)
@@ -162,7 +150,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     profile = LatencyProfile.load(args.profile)
     policies = [p for p in args.policies.split(",") if p]
-    result = sweep(profile, policies, [float(x) for x in args.loads.split(",")], args.requests, args.seed,
+    result = sweep(profile, policies, [float(x) for x in args.loads.split(",")], args.requests,
+                   tuple(int(x) for x in args.seeds.split(",")),
                    args.slo_factor, args.bisection, args.workers)
     print(markdown(result, policies))
     if args.json:

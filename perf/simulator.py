@@ -20,6 +20,8 @@ from typing import Sequence
 
 import numpy as np
 
+from perf.report import RequestRecord
+from perf.workload import Arrival
 from scheduler_backend.engine import Engine, RequestFinished, StepReport
 from scheduler_backend.errors import Overloaded
 from scheduler_backend.limits import Limits, ModelSpec
@@ -30,52 +32,6 @@ from scheduler_backend.sampler import NoiseSchedule, SamplerKind
 from scheduler_backend.vae_chunks import StageShapes
 
 TEXT_LENGTH, TEXT_WIDTH = 77, 8  # the simulated executor never reads embeddings: keep them small
-
-
-@dataclass(frozen=True)
-class Arrival:
-    time_s: float
-    num_steps: int
-    guidance_scale: float
-
-
-@dataclass(frozen=True)
-class RequestMix:
-    """Each request draws its step count and whether it uses classifier-free guidance."""
-
-    steps: tuple[int, ...] = (20, 30, 50)
-    guided_fraction: float = 0.8
-    guidance_scale: float = 7.5
-
-    def draw(self, rng: random.Random, time_s: float) -> Arrival:
-        guided = rng.random() < self.guided_fraction
-        return Arrival(time_s, rng.choice(self.steps), self.guidance_scale if guided else 1.0)
-
-
-def poisson_arrivals(rate_per_s: float, count: int, seed: int, mix: RequestMix = RequestMix()) -> list[Arrival]:
-    rng = random.Random(seed)
-    arrivals, now_s = [], 0.0
-    for _ in range(count):
-        now_s += rng.expovariate(rate_per_s)
-        arrivals.append(mix.draw(rng, now_s))
-    return arrivals
-
-
-def bursty_arrivals(rate_per_s: float, count: int, seed: int, mix: RequestMix = RequestMix(),
-                    burst_factor: float = 3.0, on_s: float = 10.0) -> list[Arrival]:
-    """On/off bursts with the same mean rate: Poisson at burst_factor x rate for `on_s`, then silence
-    long enough (on_s x (burst_factor - 1)) that the average is `rate_per_s`."""
-    rng = random.Random(seed)
-    off_s = on_s * (burst_factor - 1.0)
-    arrivals, now_s, window_end = [], 0.0, on_s
-    while len(arrivals) < count:
-        now_s += rng.expovariate(rate_per_s * burst_factor)
-        if now_s > window_end:
-            now_s = window_end + off_s
-            window_end = now_s + on_s
-            continue
-        arrivals.append(mix.draw(rng, now_s))
-    return arrivals
 
 
 @dataclass
@@ -127,19 +83,6 @@ class IterationClock:
 
     def _chunk(self, kind: str, latent_shape: Sequence[int]) -> float:
         return self.profile.chunk_seconds(kind, self.profile.area_ratio(latent_shape[1:])) * self._jitter()
-
-
-@dataclass(frozen=True)
-class RequestRecord:
-    arrival_s: float
-    num_steps: int
-    guided: bool
-    finished_s: float | None  # None: rejected
-    outcome: str  # "image" | "rejected" | "error"
-
-    @property
-    def latency_s(self) -> float | None:
-        return None if self.finished_s is None else self.finished_s - self.arrival_s
 
 
 @dataclass
@@ -200,7 +143,7 @@ async def _run(policy: str, engine: Engine, arrivals: Sequence[Arrival], clock: 
                 engine.add(str(index), _params(arrival, index, spec), embeddings)
             except Overloaded:
                 records[index] = RequestRecord(arrival.time_s, arrival.num_steps, arrival.guidance_scale > 1,
-                                               None, "rejected")
+                                               None, None, "rejected")
         if not engine.has_work:
             now[0] = pending[next_arrival][1].time_s
             continue
@@ -224,8 +167,8 @@ async def _run(policy: str, engine: Engine, arrivals: Sequence[Arrival], clock: 
             if isinstance(event, RequestFinished):
                 index = int(event.request_id)
                 arrival = arrivals[index]
-                records[index] = RequestRecord(arrival.time_s, arrival.num_steps, arrival.guidance_scale > 1, now[0],
-                                               "image" if event.image is not None else "error")
+                records[index] = RequestRecord(arrival.time_s, arrival.num_steps, arrival.guidance_scale > 1, None,
+                                               now[0], "image" if event.image is not None else "error")
     assert len(records) == len(arrivals), "the simulation lost a request"
     return SimulationResult(policy, [records[i] for i in range(len(arrivals))], iterations, skipped, rows,
                             planning, thresholds, now[0])

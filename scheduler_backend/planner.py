@@ -75,7 +75,8 @@ class StepPlan:
     unet_calls: tuple[UnetCall, ...] = ()
     vae_beside: tuple[VaeCall, ...] = ()  # run while the UNet calls run
     vae_after: tuple[VaeCall, ...] = ()  # run once the UNet calls are done
-    threshold: float | None = None  # the UNet throughput threshold the plan was made with
+    threshold: float | None = None  # the UNet throughput threshold θ the plan was made with
+    unet_pace: float | None = None  # the fraction of peak the UNet kept pace with: θ, or less so decodes keep up
     predicted_s: float | None = None  # the planner's estimate of the iteration's duration
     retry_after_s: float | None = None  # an idle plan that wants another look after this long
 

@@ -91,6 +91,12 @@ class LatencyProfile:
             raise KeyError(f"the latency profile has no VAE chunk kind {kind!r}; "
                            f"it has {', '.join(sorted(self.vae_chunk_seconds))} (re-run the profiler)") from None
 
+    def decode_seconds(self, area_ratio: float = 1.0) -> float:
+        """One image's whole decode: measured as such, or the sum of its stages."""
+        if "whole" in self.vae_chunk_seconds:
+            return self.chunk_seconds("whole", area_ratio)
+        return sum(self.chunk_seconds(kind, area_ratio) for kind in self.vae_chunk_seconds if kind.startswith("stage"))
+
     def contention_for(self, kind: str) -> Contention:
         return self.contention.get(kind) or self.contention.get("*") or Contention()
 

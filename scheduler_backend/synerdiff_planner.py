@@ -90,19 +90,22 @@ class SynerDiffPlanner:
         chunks = self._chunk_queue(view.vae_jobs)
         unit_s = self.profile.unet_call_seconds(target_rows) / target_rows  # seconds per row at the threshold batch
         contention = self._contention(view)
+        pace = self._unet_pace(view, threshold, unit_s)
         if self.options.search == "greedy":
             choice = self._greedy(options[:1], chunks, threshold, area, contention)
         else:
-            choice = self._search(view, candidates, options, chunks, threshold, area, unit_s, constrained, contention)
+            alone_cap_s = max(self.profile.unet_call_seconds(target_rows, area), chunks[0].seconds) if chunks else 0.0
+            choice = self._search(view, candidates, options, chunks, pace, area, unit_s, constrained, contention,
+                                  alone_cap_s)
         if choice.rows is not None and constrained:
-            deserved_s = choice.rows.work_rows * area / (threshold * self.profile.peak_rows_per_second)
+            deserved_s = choice.rows.work_rows * area / (pace * self.profile.peak_rows_per_second)
             # The credit may save up one threshold step, or the head chunk when that is longer, so even a
             # chunk longer than the UNet step eventually runs beside or after it.
             cap_s = max(self.profile.unet_call_seconds(target_rows, area), chunks[0].seconds if chunks else 0.0)
             self._credit_s = min(cap_s, self._credit_s + deserved_s - choice.seconds)
         else:
             self._credit_s = max(self._credit_s, 0.0)
-        return self._to_plan(view, candidates, choice, chunks, threshold)
+        return self._to_plan(view, candidates, choice, chunks, threshold, pace)
 
     # -- the options --------------------------------------------------------------------------------
 
@@ -135,6 +138,20 @@ class SynerDiffPlanner:
                                     position == len(job.pending) - 1))
         return queue
 
+    def _unet_pace(self, view: SchedulerView, threshold: float, unit_s: float) -> float:
+        """The fraction of peak the UNet must keep: θ, but never so much that the decodes of the requests in
+        the system cannot keep up (their share of the remaining work, with a 25 % margin)."""
+        unet_s = vae_s = 0.0
+        for request in (*view.denoising, *view.waiting):
+            area = self.profile.area_ratio(request.latent_shape[1:])
+            unet_s += (request.num_steps - request.steps_done) * request.unet_rows * unit_s * area
+            vae_s += self.profile.decode_seconds(area)
+        for job in view.vae_jobs:
+            vae_s += sum(self.profile.chunk_seconds(kind, self.profile.area_ratio(job.latent_shape[1:]))
+                         for kind in job.pending)
+        vae_share = vae_s / (unet_s + vae_s) if vae_s else 0.0
+        return max(0.05, min(threshold, 1.0 - 1.25 * vae_share))
+
     def _contention(self, view: SchedulerView) -> Contention:
         """The worst factors over the chunk kinds a plan may run (a lane can hold several kinds)."""
         kinds = {kind for job in view.vae_jobs for kind in job.pending}
@@ -144,8 +161,10 @@ class SynerDiffPlanner:
     # -- the table ----------------------------------------------------------------------------------
 
     def _search(self, view: SchedulerView, candidates: Sequence[RequestView], options: list[_Rows],
-                chunks: list[_Chunk], threshold: float, area: float, unit_s: float, constrained: bool,
-                contention: Contention) -> _Choice:
+                chunks: list[_Chunk], pace: float, area: float, unit_s: float, constrained: bool,
+                contention: Contention, alone_cap_s: float) -> _Choice:
+        """Fill the (rows, chunks, beside) table; `pace` is the fraction of peak the UNet must keep when
+        `constrained`; with no UNet work, decoding alone stops at `alone_cap_s` (after one chunk at least)."""
         order = [*(job.request_id for job in view.vae_jobs), *(r.request_id for r in view.denoising),
                  *(r.request_id for r in view.waiting)]
         total = len(order)
@@ -162,16 +181,15 @@ class SynerDiffPlanner:
             unet_s = self.profile.unet_call_seconds(rows.rows, area) if rows else 0.0
             stepped_gain = (sum(r.unet_rows * weight[r.request_id] for r in candidates[:rows.count])
                             * unit_s * area) if rows else 0.0
-            budget_s = (self._credit_s + rows.work_rows * area / (threshold * peak)
+            budget_s = (self._credit_s + rows.work_rows * area / (pace * peak)
                         if rows and constrained else float("inf"))
-            alone_cap_s = (max(self.profile.unet_call_seconds(self.profile.threshold_rows(threshold), area),
-                               chunks[0].seconds) if chunks and not rows else float("inf"))
+            decode_cap_s = alone_cap_s if not rows else float("inf")
             fits = _fits_beside(done_s, unet_s, contention)
             for m in range(len(chunks) + 1):
                 for beside in sorted({0, min(m, fits), m} if rows else {0}):
                     seconds, finished_s, completed = _iteration(done_s, chunks, m, beside, unet_s, contention)
                     over_budget = seconds > budget_s + 1e-12 and (m > 0 or index > 0)  # the smallest batch
-                    if over_budget or seconds > alone_cap_s + 1e-12 and m > 1:  # alone is always allowed
+                    if over_budget or seconds > decode_cap_s + 1e-12 and m > 1:  # alone is always allowed
                         continue
                     cost = seconds * (total - completed) + finished_s - removed[m] - stepped_gain
                     if best is None or cost <= best.cost + 1e-9:  # ties go to the plan doing more
@@ -203,7 +221,7 @@ class SynerDiffPlanner:
     # -- the plan -----------------------------------------------------------------------------------
 
     def _to_plan(self, view: SchedulerView, candidates: Sequence[RequestView], choice: _Choice,
-                 chunks: list[_Chunk], threshold: float) -> StepPlan:
+                 chunks: list[_Chunk], threshold: float, pace: float) -> StepPlan:
         stepping = candidates[:choice.rows.count] if choice.rows else []
         waiting_ids = [r.request_id for r in view.waiting]
         stepped_waiting = [waiting_ids.index(r.request_id) for r in stepping if r.request_id in waiting_ids]
@@ -216,6 +234,7 @@ class SynerDiffPlanner:
             vae_beside=tuple(calls[:choice.beside]),
             vae_after=tuple(calls[choice.beside:]),
             threshold=threshold,
+            unet_pace=pace,
             predicted_s=choice.seconds,
         )
 

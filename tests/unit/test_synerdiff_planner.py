@@ -82,9 +82,11 @@ def stepped_rows(view: SchedulerView, plan: StepPlan) -> int:
 
 
 def slack_s(profile: LatencyProfile, view: SchedulerView, plan: StepPlan) -> float:
-    """The time the plan's UNet work deserves at θ x peak (skipped rows count as work) minus its predicted time."""
-    assert plan.threshold is not None and plan.predicted_s is not None
-    return work_rows(view, plan) / (plan.threshold * profile.peak_rows_per_second) - plan.predicted_s
+    """The time the plan's UNet work deserves at its pace x peak (skipped rows count as work) minus its predicted
+    time. The pace is θ, or less when the decodes of the requests in the system need more than (1 - θ)."""
+    assert plan.threshold is not None and plan.unet_pace is not None and plan.predicted_s is not None
+    assert plan.unet_pace <= plan.threshold
+    return work_rows(view, plan) / (plan.unet_pace * profile.peak_rows_per_second) - plan.predicted_s
 
 
 def apply_vae(view: SchedulerView, plan: StepPlan) -> tuple[VaeJobView, ...]:
@@ -234,7 +236,8 @@ def test_a_chunk_that_would_slow_the_threshold_batch_waits_until_enough_slack_is
     """θ = 0.9: the whole decode beside any batch costs more than the batch's slack, so the first plans step the
     UNet alone, each banking the slack of its batch; once the credit covers it, the decode runs."""
     planner = make_planner(GPU, replace(CONTROL, initial=0.9, minimum=0.9), adaptive=False)
-    scheduler_view = SchedulerView((), requests("d", 20, rows=1), (job("j0", ("whole",)),))
+    long_requests = tuple(RequestView(f"d{i}", SMALL, 1, 0, 150) for i in range(20))  # decodes: ~1 % of the work
+    scheduler_view = SchedulerView((), long_requests, (job("j0", ("whole",)),))
     plans = [planner.plan(scheduler_view) for _ in range(12)]
     ran = [bool(plan.vae_calls) for plan in plans]
     assert not ran[0] and any(ran)
