@@ -76,7 +76,8 @@ class Bounds:
 def hardware_bounds(profile: LatencyProfile, mix: RequestMix, slo_factor: float) -> Bounds:
     rows = 1 + mix.guided_fraction
     work_s = statistics.mean(mix.steps) * rows / profile.peak_rows_per_second + profile.chunk_seconds("whole")
-    single_s = max(mix.steps) * profile.unet_call_seconds(2) + profile.chunk_seconds("whole")
+    single_rows = 2 if mix.guided_fraction > 0 else 1
+    single_s = max(mix.steps) * profile.unet_call_seconds(single_rows) + profile.chunk_seconds("whole")
     return Bounds(1.0 / work_s, single_s, slo_factor * single_s)
 
 

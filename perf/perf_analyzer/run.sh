@@ -2,9 +2,12 @@
 # perf_analyzer 2.51 against a running SynerDiff server: streaming gRPC (the models are decoupled),
 # JSON prompts, open-loop Poisson request rates, CSV export.
 #   [MODEL=diffusion|txt2img] [GRPC_URL=127.0.0.1:8001] [RATES=1:3:1] [OUT=build/perf_analyzer] \
-#   [LOAD="--concurrency-range 2"] perf/perf_analyzer/run.sh [extra perf_analyzer flags]
-# Notes (see docs/perf.md): PA's latency for a decoupled model is to the LAST response (the image);
-# server-side "compute infer" covers only execute() (the enqueue), not the generation.
+#   [LOAD="--concurrency-range 2"] [PROMPTS=perf/perf_analyzer/prompts.json] \
+#   perf/perf_analyzer/run.sh [extra perf_analyzer flags]
+# Notes (see perf/perf_analyzer/NOTES.md and docs/perf.md): PA's latency for a decoupled model is to the LAST response
+# (the image); server-side "compute infer" covers only execute() (the enqueue), not the generation. PA's Poisson
+# schedule is one fixed draw over MAX_TRIALS x INTERVAL_MS, looped: below a few hundred requests in that span it
+# offers well under the asked rate (read Inferences/Second); bursts.sh with BURST=1 is a seeded alternative.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 MODEL="${MODEL:-diffusion}"
@@ -12,13 +15,14 @@ GRPC_URL="${GRPC_URL:-127.0.0.1:8001}"
 RATES="${RATES:-1:3:1}"
 OUT="${OUT:-$ROOT/build/perf_analyzer}"
 INTERVAL_MS="${INTERVAL_MS:-8000}"
+PROMPTS="${PROMPTS:-$ROOT/perf/perf_analyzer/prompts.json}"
 VENV="${SYNERDIFF_VENV:-$ROOT/.venv}"
 SP="$("$VENV/bin/python" -c 'import site; print(site.getsitepackages()[0])')"
 # The wheel's perf_analyzer links libcudart.so.12 even on CPU hosts.
 export LD_LIBRARY_PATH="$SP/nvidia/cuda_runtime/lib:${LD_LIBRARY_PATH:-}"
 mkdir -p "$OUT"
 exec "$VENV/bin/perf_analyzer" -m "$MODEL" -i grpc -u "$GRPC_URL" --streaming \
-  --input-data "$ROOT/perf/perf_analyzer/prompts.json" \
+  --input-data "$PROMPTS" \
   ${LOAD:---request-rate-range $RATES --request-distribution poisson} \
   --measurement-interval "$INTERVAL_MS" --stability-percentage "${STABILITY_PCT:-50}" --max-trials "${MAX_TRIALS:-10}" \
   --profile-export-file "$OUT/$MODEL-profile.json" -f "$OUT/$MODEL.csv" "${@}"

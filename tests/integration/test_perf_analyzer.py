@@ -26,3 +26,20 @@ def test_perf_analyzer_streams_json_prompts_and_writes_csv(server: TritonServer,
     with open(tmp_path / f"{model}.csv") as table:
         rows = list(csv.DictReader(table))
     assert rows and float(rows[0]["Inferences/Second"]) > 0 and int(rows[0]["p99 latency"]) > 0
+
+
+def test_perf_analyzer_bursts_recipe_replays_an_intervals_file(server: TritonServer, tmp_path: Path) -> None:
+    """bursts.sh: on/off bursts (2 x 2 req/s for 1 s, 1 s off, twice: 8 requests per 4 s loop with seed 0)
+    through --request-intervals; one measurement window per loop of the file."""
+    env = {**os.environ, "MODEL": "diffusion", "GRPC_URL": server.ports.grpc_url, "OUT": str(tmp_path),
+           "RATE": "2", "BURST": "2", "ON_S": "1", "CYCLES": "2", "SEED": "0",
+           "STABILITY_PCT": "1000", "MAX_TRIALS": "4"}
+    completed = subprocess.run(["bash", str(RECIPE.with_name("bursts.sh"))], env=env, capture_output=True,
+                               text=True, timeout=120)
+    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
+    intervals = [int(line) for line in (tmp_path / "diffusion-bursts-intervals.txt").read_text().split()]
+    assert len(intervals) == 8 and abs(sum(intervals) - 4_000_000) <= len(intervals)  # µs, looped by PA
+    assert "Measurement window: 4000 msec" in completed.stdout
+    with open(tmp_path / "diffusion-bursts.csv") as table:
+        rows = list(csv.DictReader(table))
+    assert rows and float(rows[0]["Inferences/Second"]) > 0 and int(rows[0]["p99 latency"]) > 0
