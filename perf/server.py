@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import sysconfig
@@ -44,6 +45,18 @@ class Ports:
     @property
     def metrics_url(self) -> str:
         return f"http://127.0.0.1:{self.metrics}/metrics"
+
+
+def free_ports(count: int) -> list[int]:
+    """`count` distinct TCP ports free on 127.0.0.1 just now (the OS picks them)."""
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for sock in sockets:
+            sock.bind(("127.0.0.1", 0))
+        return [sock.getsockname()[1] for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
 
 
 def server_command(repository: Path, ports: Ports, address: str = "127.0.0.1",

@@ -10,22 +10,20 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
-from perf.report import Bounds, hardware_bounds, summarize_records
+from perf.report import Bounds, bounds_line, hardware_bounds, policy_table, pooled_summary
 from perf.simulator import SimulationResult, simulate
-from perf.workload import Arrival, RequestMix, bursty_arrivals, poisson_arrivals
+from perf.workload import ARRIVALS, RequestMix
 from scheduler_backend.policies import POLICIES
 from scheduler_backend.profile import LatencyProfile
 from scheduler_backend.vae_chunks import StageShapes
 
-ARRIVALS: dict[str, Callable[..., list[Arrival]]] = {"poisson": poisson_arrivals, "bursty": bursty_arrivals}
 
 
 @dataclass(frozen=True)
@@ -42,12 +40,11 @@ class Summary:
 
 def summarize(results: Sequence[SimulationResult]) -> Summary:
     """Latencies pooled over the runs (one per seed); throughput averaged over them."""
-    latency = summarize_records([record for result in results for record in result.records])
-    throughput = statistics.mean(summarize_records(result.records).throughput_per_s for result in results)
+    latency = pooled_summary([result.records for result in results])
     skipped = sum(result.skipped_cfg_rows for result in results)
     rows = sum(result.unet_rows for result in results) + skipped
     planning = [seconds for result in results for seconds in result.planning_s]
-    return Summary(latency.mean_s, latency.p50_s, latency.p99_s, throughput, latency.rejected,
+    return Summary(latency.mean_s, latency.p50_s, latency.p99_s, latency.throughput_per_s, latency.rejected,
                    skipped / max(rows, 1), 1000 * float(np.median(planning)), 1000 * float(np.max(planning)))
 
 
@@ -109,28 +106,20 @@ def sweep(profile: LatencyProfile, policies: Sequence[str], loads: Sequence[floa
 
 
 def markdown(result: dict[str, Any], policies: Sequence[str]) -> str:
-    bounds, capacity = result["bounds"], result["capacity"]
-    reference = capacity.get("synerdiff")
-    lines = [f"Hardware bound {bounds['throughput_per_s']:.3f} img/s; single request {bounds['single_latency_s']:.3f} s; "
-             f"SLO for 'sustainable': P99 <= {bounds['slo_s']:.2f} s. {result['count']} requests per run, "
-             f"latencies pooled over seeds {', '.join(map(str, result['seeds']))}.", "",
-             "| policy | max sustainable img/s | vs synerdiff | of bound | "
-             + " | ".join(f"{kind} {load:.0%}: mean / P99 s" for kind in ARRIVALS for load in result["loads"]) + " |",
-             "|---|---|---|---|" + "---|" * (len(ARRIVALS) * len(result["loads"]))]
-    for policy in policies:
-        cells = [f"{capacity[policy]:.3f}",
-                 f"{capacity[policy] / reference:.2f}x" if reference else "-",
-                 f"{capacity[policy] / bounds['throughput_per_s']:.0%}"]
-        for kind in ARRIVALS:
-            for load in result["loads"]:
-                s = result["latency"][f"{policy}|{kind}|{load}"]
-                cells.append(f"{s['mean_s']:.2f} / {s['p99_s']:.2f}")
-        lines.append(f"| {policy} | " + " | ".join(cells) + " |")
-    skip = {p: result["latency"][f"{p}|poisson|{result['loads'][-1]}"]["skipped_cfg_fraction"] for p in policies}
-    plan = {p: result["latency"][f"{p}|poisson|{result['loads'][-1]}"]["planning_p50_ms"] for p in policies}
-    lines += ["", "Skip-CFG share of UNet rows at the highest load: "
-              + ", ".join(f"{p} {v:.1%}" for p, v in skip.items() if v),
-              "Planner decision time, median ms: " + ", ".join(f"{p} {v:.2f}" for p, v in plan.items())]
+    bounds = Bounds(**result["bounds"])
+    columns = [f"{kind} {load:.0%}: mean / P99 s" for kind in ARRIVALS for load in result["loads"]]
+    cells = {policy: [f"{s['mean_s']:.2f} / {s['p99_s']:.2f}"
+                      for kind in ARRIVALS for load in result["loads"]
+                      for s in [result["latency"][f"{policy}|{kind}|{load}"]]]
+             for policy in policies}
+    heaviest = {p: result["latency"][f"{p}|poisson|{result['loads'][-1]}"] for p in policies}
+    lines = [f"{bounds_line(bounds)} {result['count']} requests per run, latencies pooled over seeds "
+             f"{', '.join(map(str, result['seeds']))}.", "",
+             *policy_table(bounds, result["capacity"], columns, cells), "",
+             "Skip-CFG share of UNet rows at the highest load: "
+             + ", ".join(f"{p} {s['skipped_cfg_fraction']:.1%}" for p, s in heaviest.items() if s["skipped_cfg_fraction"]),
+             "Planner decision time, median ms: "
+             + ", ".join(f"{p} {s['planning_p50_ms']:.2f}" for p, s in heaviest.items())]
     return "\n".join(lines)
 
 

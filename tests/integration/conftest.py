@@ -6,7 +6,6 @@ build/test-logs/ and its tail is printed when a test fails.
 
 from __future__ import annotations
 
-import socket
 import urllib.request
 from dataclasses import replace
 from pathlib import Path
@@ -17,21 +16,10 @@ import pytest
 from export.exporter import export_models
 from export.render import ServingSettings, render_repository
 from perf.profile import ensure_profile
-from perf.server import Ports, TritonServer
+from perf.server import Ports, TritonServer, free_ports
 
 ROOT = Path(__file__).resolve().parents[2]
 BUILD = ROOT / "build"
-
-
-def free_ports(count: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(count)]
-    try:
-        for sock in sockets:
-            sock.bind(("127.0.0.1", 0))
-        return [sock.getsockname()[1] for sock in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
 
 
 @pytest.fixture(scope="session")
