@@ -13,25 +13,16 @@
 # Writes $OUT/$MODEL-bursts.csv, $OUT/$MODEL-bursts-profile.json and the intervals file
 # $OUT/$MODEL-bursts-intervals.txt. Notes: perf/perf_analyzer/NOTES.md.
 set -euo pipefail
-ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
-MODEL="${MODEL:-diffusion}"
-GRPC_URL="${GRPC_URL:-127.0.0.1:8001}"
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 RATE="${RATE:-1}"
 BURST="${BURST:-4}"
 ON_S="${ON_S:-5}"
 CYCLES="${CYCLES:-1}"
 SEED="${SEED:-0}"
-OUT="${OUT:-$ROOT/build/perf_analyzer}"
-PROMPTS="${PROMPTS:-$ROOT/perf/perf_analyzer/prompts.json}"
-VENV="${SYNERDIFF_VENV:-$ROOT/.venv}"
 INTERVALS="$OUT/$MODEL-bursts-intervals.txt"
-mkdir -p "$OUT"
 "$VENV/bin/python" "$ROOT/perf/perf_analyzer/intervals.py" --rate "$RATE" --burst "$BURST" --on-s "$ON_S" \
   ${OFF_S:+--off-s "$OFF_S"} --cycles "$CYCLES" --seed "$SEED" --out "$INTERVALS"
 INTERVAL_MS="${INTERVAL_MS:-$(awk '{ total += $1 } END { printf "%d", (total + 500) / 1000 }' "$INTERVALS")}"
-SP="$("$VENV/bin/python" -c 'import site; print(site.getsitepackages()[0])')"
-# The wheel's perf_analyzer links libcudart.so.12 even on CPU hosts.
-export LD_LIBRARY_PATH="$SP/nvidia/cuda_runtime/lib:${LD_LIBRARY_PATH:-}"
 exec "$VENV/bin/perf_analyzer" -m "$MODEL" -i grpc -u "$GRPC_URL" --streaming \
   --input-data "$PROMPTS" --request-intervals "$INTERVALS" \
   --measurement-interval "$INTERVAL_MS" --stability-percentage "${STABILITY_PCT:-100}" --max-trials "${MAX_TRIALS:-6}" \

@@ -9,18 +9,9 @@
 # schedule is one fixed draw over MAX_TRIALS x INTERVAL_MS, looped: below a few hundred requests in that span it
 # offers well under the asked rate (read Inferences/Second); bursts.sh with BURST=1 is a seeded alternative.
 set -euo pipefail
-ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
-MODEL="${MODEL:-diffusion}"
-GRPC_URL="${GRPC_URL:-127.0.0.1:8001}"
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 RATES="${RATES:-1:3:1}"
-OUT="${OUT:-$ROOT/build/perf_analyzer}"
 INTERVAL_MS="${INTERVAL_MS:-8000}"
-PROMPTS="${PROMPTS:-$ROOT/perf/perf_analyzer/prompts.json}"
-VENV="${SYNERDIFF_VENV:-$ROOT/.venv}"
-SP="$("$VENV/bin/python" -c 'import site; print(site.getsitepackages()[0])')"
-# The wheel's perf_analyzer links libcudart.so.12 even on CPU hosts.
-export LD_LIBRARY_PATH="$SP/nvidia/cuda_runtime/lib:${LD_LIBRARY_PATH:-}"
-mkdir -p "$OUT"
 exec "$VENV/bin/perf_analyzer" -m "$MODEL" -i grpc -u "$GRPC_URL" --streaming \
   --input-data "$PROMPTS" \
   ${LOAD:---request-rate-range $RATES --request-distribution poisson} \
