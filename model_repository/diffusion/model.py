@@ -30,13 +30,23 @@ from model_repository.diffusion_metrics import DiffusionMetrics
 from scheduler_backend.engine import Engine, Event, RequestFinished, StepProgress, StepReport
 from scheduler_backend.errors import Cancelled, ExecutionFailed, Overloaded, SynerDiffError
 from scheduler_backend.limits import Limits, ModelSpec, read_manifest
-from scheduler_backend.policies import PolicySettings, make_policy, needs_profile
+from scheduler_backend.policies import PolicySettings, ServingPolicy, make_policy, needs_profile
 from scheduler_backend.profile import LatencyProfile
 from scheduler_backend.request import GENERATION_INPUTS, PROMPT_EMBEDS, GenerationParams, validate_generation
 from scheduler_backend.sampler import NoiseSchedule
 from scheduler_backend.vae_chunks import ChunkingSpec
 
 _NO_IMAGE = np.zeros((0, 0, 3), dtype=np.uint8)
+
+
+def serving_policy(parameters: Mapping[str, str], limits: Limits) -> ServingPolicy:
+    """The policy named by the `policy` parameter, with its latency profile and VAE chunking."""
+    policy = parameters.get("policy", "synerdiff")
+    if needs_profile(policy) and not parameters.get("profile"):
+        raise ValueError(f"policy {policy!r} needs a latency profile: run `synerdiff profile` and render with it")
+    profile = LatencyProfile.load(parameters["profile"]) if needs_profile(policy) else None
+    chunking = ChunkingSpec.parse(parameters.get("vae_chunking", "stages"))
+    return make_policy(policy, limits, profile, PolicySettings(vae_chunking=chunking))
 
 
 @dataclass
@@ -54,12 +64,7 @@ class TritonPythonModel:
         self._limits = Limits(ModelSpec.from_manifest(manifest),
                               max_waiting_requests=int(parameters.get("max_waiting_requests", "64")),
                               max_running_requests=int(parameters.get("max_running_requests", "16")))
-        policy = parameters.get("policy", "synerdiff")
-        if needs_profile(policy) and not parameters.get("profile"):
-            raise ValueError(f"policy {policy!r} needs a latency profile: run `synerdiff profile` and render with it")
-        profile = LatencyProfile.load(parameters["profile"]) if needs_profile(policy) else None
-        serving = make_policy(policy, self._limits, profile,
-                              PolicySettings(vae_chunking=ChunkingSpec.parse(parameters.get("vae_chunking", "stages"))))
+        serving = serving_policy(parameters, self._limits)
         self._executor = BlsExecutor()
         self._engine = Engine(self._executor, serving.planner, self._limits, NoiseSchedule.from_dict(manifest["scheduler"]),
                               chunking=serving.chunking, skip_cfg=serving.skip_cfg)
@@ -71,7 +76,7 @@ class TritonPythonModel:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._task: asyncio.Task[None] | None = None
         self._wake: asyncio.Event | None = None
-        triton_edge.log_info(f"diffusion: policy {policy} (VAE chunking {serving.chunking.describe()}, "
+        triton_edge.log_info(f"diffusion: policy {serving.name} (VAE chunking {serving.chunking.describe()}, "
                              f"Skip-CFG {serving.skip_cfg}), limits {self._limits}")
 
     # -- intake ---------------------------------------------------------------------------------
