@@ -75,9 +75,9 @@ class Bounds:
 
 def hardware_bounds(profile: LatencyProfile, mix: RequestMix, slo_factor: float) -> Bounds:
     rows = 1 + mix.guided_fraction
-    work_s = statistics.mean(mix.steps) * rows / profile.peak_rows_per_second + profile.chunk_seconds("whole")
+    work_s = statistics.mean(mix.steps) * rows / profile.peak_rows_per_second + profile.decode_seconds()
     single_rows = 2 if mix.guided_fraction > 0 else 1
-    single_s = max(mix.steps) * profile.unet_call_seconds(single_rows) + profile.chunk_seconds("whole")
+    single_s = max(mix.steps) * profile.unet_call_seconds(single_rows) + profile.decode_seconds()
     return Bounds(1.0 / work_s, single_s, slo_factor * single_s)
 
 

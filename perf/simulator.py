@@ -26,7 +26,7 @@ from scheduler_backend.engine import Engine, RequestFinished, StepReport
 from scheduler_backend.errors import Overloaded
 from scheduler_backend.limits import Limits, ModelSpec
 from scheduler_backend.policies import PolicySettings, make_policy
-from scheduler_backend.profile import Contention, LatencyProfile, overlap
+from scheduler_backend.profile import LatencyProfile, overlap
 from scheduler_backend.request import GenerationParams
 from scheduler_backend.sampler import NoiseSchedule, SamplerKind
 from scheduler_backend.vae_chunks import StageShapes
@@ -76,9 +76,7 @@ class IterationClock:
                      for w in report.unet_work)
         beside_s = sum(self._chunk(c.kind, c.latent_shape) for c in report.chunks_beside)
         after_s = sum(self._chunk(c.kind, c.latent_shape) for c in report.chunks_after)
-        kinds = {c.kind for c in report.chunks_beside}
-        contention = Contention(max((profile.contention_for(k).unet_slowdown for k in kinds), default=1.0),
-                                max((profile.contention_for(k).vae_slowdown for k in kinds), default=1.0))
+        contention = profile.worst_contention({c.kind for c in report.chunks_beside})
         return max(overlap(unet_s, beside_s, contention)) + after_s
 
     def _chunk(self, kind: str, latent_shape: Sequence[int]) -> float:

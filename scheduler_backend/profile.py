@@ -15,7 +15,7 @@ import json
 from bisect import bisect_left
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 SCHEMA_VERSION = 1
 
@@ -99,6 +99,11 @@ class LatencyProfile:
 
     def contention_for(self, kind: str) -> Contention:
         return self.contention.get(kind) or self.contention.get("*") or Contention()
+
+    def worst_contention(self, kinds: Iterable[str]) -> Contention:
+        """The largest slowdowns over chunk kinds run in one lane (none: no contention)."""
+        factors = [self.contention_for(kind) for kind in kinds] or [Contention()]
+        return Contention(max(c.unet_slowdown for c in factors), max(c.vae_slowdown for c in factors))
 
     def area_ratio(self, latent_hw: Sequence[int]) -> float:
         return (latent_hw[0] * latent_hw[1]) / (self.latent_hw[0] * self.latent_hw[1])

@@ -24,6 +24,7 @@ stays within 1/θ, nothing after.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from itertools import accumulate
 from typing import Sequence
 
 from scheduler_backend.controller import ThresholdController
@@ -154,9 +155,7 @@ class SynerDiffPlanner:
 
     def _contention(self, view: SchedulerView) -> Contention:
         """The worst factors over the chunk kinds a plan may run (a lane can hold several kinds)."""
-        kinds = {kind for job in view.vae_jobs for kind in job.pending}
-        factors = [self.profile.contention_for(kind) for kind in kinds] or [Contention()]
-        return Contention(max(c.unet_slowdown for c in factors), max(c.vae_slowdown for c in factors))
+        return self.profile.worst_contention({kind for job in view.vae_jobs for kind in job.pending})
 
     # -- the table ----------------------------------------------------------------------------------
 
@@ -170,11 +169,9 @@ class SynerDiffPlanner:
         total = len(order)
         weight = {request_id: total - position for position, request_id in enumerate(order)}
         # prefix recurrences over the chunk queue
-        done_s = [0.0]  # solo seconds of the first i chunks
-        removed = [0.0]  # continuation work removed by running the first i chunks
-        for chunk in chunks:
-            done_s.append(done_s[-1] + chunk.seconds)
-            removed.append(removed[-1] + chunk.seconds * weight[view.vae_jobs[chunk.job].request_id])
+        done_s = _solo_seconds(chunks)
+        removed = [0.0, *accumulate(chunk.seconds * weight[view.vae_jobs[chunk.job].request_id]
+                                    for chunk in chunks)]  # continuation work removed by the first i chunks
         peak = self.profile.peak_rows_per_second
         best: _Choice | None = None
         for index, rows in enumerate(options or [None]):  # type: ignore[list-item]
@@ -201,9 +198,7 @@ class SynerDiffPlanner:
                 contention: Contention) -> _Choice:
         rows = options[0] if options else None
         unet_s = self.profile.unet_call_seconds(rows.rows, area) if rows else 0.0
-        done_s = [0.0]
-        for chunk in chunks:
-            done_s.append(done_s[-1] + chunk.seconds)
+        done_s = _solo_seconds(chunks)
         if rows is None:
             cap_s = max(self.profile.unet_call_seconds(self.profile.threshold_rows(threshold), area),
                         chunks[0].seconds if chunks else 0.0)
@@ -245,6 +240,11 @@ def _same_shape_prefix(requests: list[RequestView]) -> list[RequestView]:
         return []
     shape = requests[0].latent_shape
     return [r for r in requests if r.latent_shape == shape]
+
+
+def _solo_seconds(chunks: Sequence[_Chunk]) -> list[float]:
+    """Solo seconds of the first i chunks, for i = 0 .. len(chunks)."""
+    return [0.0, *accumulate(chunk.seconds for chunk in chunks)]
 
 
 def _fits_beside(done_s: list[float], unet_s: float, contention: Contention) -> int:

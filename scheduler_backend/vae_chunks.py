@@ -156,21 +156,18 @@ class VaeJob:
 
     @property
     def next_input_shape(self) -> tuple[int, ...]:
-        chunk = self.next_chunk
-        if chunk.kind == "tile":
-            y0, y1, x0, x1 = self._windows[chunk.index]
-            return (self.latent.shape[0], y1 - y0, x1 - x0)
-        if chunk.kind.startswith("stage") and chunk.index > 0:
-            assert self._hidden is not None
-            return tuple(self._hidden.shape)
-        return tuple(self.latent.shape)
+        return tuple(self._next_input().shape)
 
     def chunk_input(self) -> np.ndarray:
         """The next chunk's input, without a batch axis."""
+        return np.ascontiguousarray(self._next_input())
+
+    def _next_input(self) -> np.ndarray:
+        """The next chunk's input as it lies (a tile is a view into the latent)."""
         chunk = self.next_chunk
         if chunk.kind == "tile":
             y0, y1, x0, x1 = self._windows[chunk.index]
-            return np.ascontiguousarray(self.latent[:, y0:y1, x0:x1])
+            return self.latent[:, y0:y1, x0:x1]
         if chunk.kind.startswith("stage") and chunk.index > 0:
             assert self._hidden is not None
             return self._hidden
