@@ -4,7 +4,9 @@ Used by `scripts/serve.sh` (foreground), the integration tests and the benchmark
 the process hygiene that Triton 2.51 needs on this kind of host (research/feasibility_triton.md):
 - the venv's `bin` first on PATH, so the Python-backend stubs import the project's packages;
 - LD_LIBRARY_PATH with the interpreter's LIBDIR, so the stub runs a consistent CPython;
-- bound to 127.0.0.1, model control mode `none`;
+- bound to 127.0.0.1, model control mode `none`, the admin APIs (model repository, shared memory, trace,
+  logging) restricted to clients that send the `synerdiff-admin-key` header with the server's admin key (a
+  random one unless `SYNERDIFF_ADMIN_KEY` is set, so by default nobody has them);
 - stop: SIGTERM, wait past the exit timeout, then SIGKILL the server and the stubs it started, and
   remove the shared-memory regions named on those stubs' command lines (an open gRPC stream can keep
   a decoupled model's stub alive after the server has given up on it).
@@ -13,6 +15,7 @@ the process hygiene that Triton 2.51 needs on this kind of host (research/feasib
 from __future__ import annotations
 
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -59,8 +62,18 @@ def free_ports(count: int) -> list[int]:
             sock.close()
 
 
+RESTRICTED_APIS = ("model-repository", "shared-memory", "trace", "logging")
+ADMIN_KEY_HEADER = "synerdiff-admin-key"
+
+
+def admin_key() -> str:
+    """The admin key for the restricted APIs: SYNERDIFF_ADMIN_KEY, else a random one nobody knows."""
+    return os.environ.get("SYNERDIFF_ADMIN_KEY") or secrets.token_hex(16)
+
+
 def server_command(repository: Path, ports: Ports, address: str = "127.0.0.1",
-                   exit_timeout_s: int = 10, log_verbose: int = 0) -> list[str]:
+                   exit_timeout_s: int = 10, log_verbose: int = 0, key: str | None = None) -> list[str]:
+    restricted = f"{','.join(RESTRICTED_APIS)}:{ADMIN_KEY_HEADER}={key or admin_key()}"
     return [
         str(TRITON_HOME / "bin" / "tritonserver"),
         f"--model-repository={repository.resolve()}",
@@ -70,6 +83,7 @@ def server_command(repository: Path, ports: Ports, address: str = "127.0.0.1",
         f"--grpc-address={address}", f"--grpc-port={ports.grpc}",
         f"--metrics-address={address}", f"--metrics-port={ports.metrics}",
         "--allow-metrics=true", "--allow-cpu-metrics=false", "--allow-gpu-metrics=false",
+        f"--http-restricted-api={restricted}", f"--grpc-restricted-protocol={restricted}",
         f"--exit-timeout-secs={exit_timeout_s}",
         f"--log-verbose={log_verbose}",
     ]
