@@ -41,7 +41,8 @@ OUTCOME_OF_CODE = {"UNAVAILABLE": "rejected", "CANCELLED": "cancelled"}  # every
 
 def generation_request(arrival: Arrival) -> GenerationRequest:
     return GenerationRequest(prompt=arrival.prompt, num_steps=arrival.num_steps,
-                             guidance_scale=arrival.guidance_scale, seed=arrival.seed)
+                             guidance_scale=arrival.guidance_scale, seed=arrival.seed, height=arrival.height,
+                             width=arrival.width, sampler=arrival.sampler)
 
 
 def record_of(arrival: Arrival, first_progress_s: float | None, finished_s: float | None,

@@ -1,13 +1,16 @@
 """Workloads: who arrives when, asking for what. Shared by the simulator and the real-server benchmark.
 
-A workload is a list of `Arrival`s (offset in seconds from the start, step count, guidance, prompt). It is
-deterministic for a seed, so every policy of a side-by-side run replays exactly the same one.
+A workload is a list of `Arrival`s (offset in seconds from the start, step count, guidance, prompt, and
+optionally the image size and sampler). It is deterministic for a seed, so every policy of a side-by-side run
+replays exactly the same one. A mix without sizes or samplers draws exactly what it drew before they existed
+(the same random numbers in the same order), so older workloads stay reproducible; None leaves the choice to
+the server (its default size, ddim).
 """
 
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable
 
 PROMPTS = (
@@ -25,20 +28,30 @@ class Arrival:
     guidance_scale: float
     prompt: str = PROMPTS[0]
     seed: int = 0
+    height: int | None = None
+    width: int | None = None
+    sampler: str | None = None
 
 
 @dataclass(frozen=True)
 class RequestMix:
-    """Each request draws its step count and whether it uses classifier-free guidance."""
+    """Each request draws its step count, whether it uses classifier-free guidance and, when the mix lists
+    them, its (height, width) and sampler."""
 
     steps: tuple[int, ...] = (20, 30, 50)
     guided_fraction: float = 0.8
     guidance_scale: float = 7.5
+    sizes: tuple[tuple[int, int], ...] = ()  # (height, width) in pixels; () leaves it to the server
+    samplers: tuple[str, ...] = ()  # () leaves it to the server
 
     def draw(self, rng: random.Random, time_s: float) -> Arrival:
         guided = rng.random() < self.guided_fraction
-        return Arrival(time_s, rng.choice(self.steps), self.guidance_scale if guided else 1.0,
-                       rng.choice(PROMPTS), rng.randrange(2**31))
+        arrival = Arrival(time_s, rng.choice(self.steps), self.guidance_scale if guided else 1.0,
+                          rng.choice(PROMPTS), rng.randrange(2**31))
+        # Drawn after the fields above, and only when listed, so a mix without them is unchanged.
+        height, width = rng.choice(self.sizes) if self.sizes else (None, None)
+        sampler = rng.choice(self.samplers) if self.samplers else None
+        return replace(arrival, height=height, width=width, sampler=sampler)
 
 
 def poisson_arrivals(rate_per_s: float, count: int, seed: int, mix: RequestMix = RequestMix()) -> list[Arrival]:
