@@ -8,6 +8,8 @@ denoising completed becomes a `VaeJob` of chunks, a completed decode is emitted 
 Invariants:
 - every request that `add` accepted ends with exactly one `RequestFinished` event (from `step`,
   `abort` or `fail_all`), and after it the engine holds nothing of that request;
+- a request still waiting when its queue deadline passes ends with `Overloaded` at the next step, before
+  the planner runs (so it never joins the batch after its deadline);
 - a failing model call fails only the requests it carried;
 - Skip-CFG only ever applies to a guided request's step that its `SkipCfgPolicy` allows;
 - a row's arithmetic never depends on the other rows of its batch, so the same request gives the same
@@ -120,6 +122,7 @@ class _Generation:
     text_embeddings: np.ndarray  # [rows, L, D]: (unconditional, prompt) with CFG, else (prompt,)
     latent: np.ndarray
     arrived_s: float
+    queue_deadline_s: float | None = None  # when it must have joined the batch, or it is refused
     steps_done: int = 0
     skipped_cfg: int = 0
     vae_job: VaeJob | None = None  # from the end of denoising
@@ -154,10 +157,12 @@ class Engine:
 
     # -- the request side ---------------------------------------------------------------------------
 
-    def add(self, request_id: str, params: GenerationParams, text_embeddings: np.ndarray) -> None:
+    def add(self, request_id: str, params: GenerationParams, text_embeddings: np.ndarray,
+            queue_timeout_s: float | None = None) -> None:
         """Queue a validated request. `text_embeddings` is [2, L, D]: (unconditional, prompt).
 
-        Raises `Overloaded` when the waiting queue is full; the request is then not held.
+        Raises `Overloaded` when the waiting queue is full; the request is then not held. A request that
+        is still waiting `queue_timeout_s` after this call ends with `Overloaded`.
         """
         if request_id in self._live:
             raise ValueError(f"request id {request_id!r} is already live")
@@ -165,11 +170,12 @@ class Engine:
         sampler_plan = make_sampler_plan(params.sampler, self._schedule, params.num_steps)
         shape = self._limits.model.latent_shape(params.height, params.width)
         rows = text_embeddings if params.uses_cfg else text_embeddings[1:]
+        now_s = self._clock()
         generation = _Generation(
             request_id=request_id, params=params, sampler_plan=sampler_plan,
             text_embeddings=np.ascontiguousarray(rows, dtype=np.float32),
             latent=initial_latent(params.seed, shape, sampler_plan.init_noise_sigma),
-            arrived_s=self._clock())
+            arrived_s=now_s, queue_deadline_s=None if queue_timeout_s is None else now_s + queue_timeout_s)
         self._queues.waiting.append(generation)
         self._live[request_id] = generation
 
@@ -227,12 +233,13 @@ class Engine:
 
     async def step(self) -> StepReport:
         started_s = self._clock()
+        expired = self._expire_waiting(started_s)
         planning_started = time.perf_counter()  # a real duration, whatever clock the engine runs on
         plan = self._planner.plan(self._view())
         planning_s = time.perf_counter() - planning_started
         if plan.is_idle:
-            return StepReport(events=(), threshold=plan.threshold, planning_s=planning_s,
-                              retry_after_s=plan.retry_after_s)
+            return StepReport(events=tuple(expired), threshold=plan.threshold, planning_s=planning_s,
+                              retry_after_s=_earliest(plan.retry_after_s, self._next_queue_deadline(started_s)))
         self._admit(plan.admit)
         unet_batches = [(self._resolve(call.request_ids), self._skippable(call.skip_cfg))
                         for call in plan.unet_calls]
@@ -249,7 +256,7 @@ class Engine:
             self._run_vae_lane(plan.vae_beside, chunks_beside), return_exceptions=True)
         if isinstance(beside_events, BaseException):
             raise beside_events  # the lane handles model failures itself; this is a bug
-        events: list[Event] = list(beside_events)
+        events: list[Event] = expired + list(beside_events)
         for (batch, skips), outcome in zip(unet_batches, outcomes):
             events += self._apply_unet(batch, skips, outcome)
         events += await self._run_vae_lane(plan.vae_after, chunks_after)
@@ -267,6 +274,17 @@ class Engine:
             predicted_s=plan.predicted_s,
             planning_s=planning_s,
             latency_s=self._clock() - started_s)
+
+    def _expire_waiting(self, now_s: float) -> list[Event]:
+        """End the waiting requests whose queue deadline has passed."""
+        expired = [g for g in self._queues.waiting if g.queue_deadline_s is not None and now_s >= g.queue_deadline_s]
+        return [event for g in expired if (event := self.abort(
+            g.request_id, Overloaded(f"waited {now_s - g.arrived_s:.1f} s, longer than its queue timeout")))]
+
+    def _next_queue_deadline(self, now_s: float) -> float | None:
+        """Seconds until the earliest queue deadline of a waiting request (None: none has one)."""
+        deadlines = [g.queue_deadline_s for g in self._queues.waiting if g.queue_deadline_s is not None]
+        return max(0.0, min(deadlines) - now_s) if deadlines else None
 
     def _view(self) -> SchedulerView:
         queues, now_s = self._queues, self._clock()
@@ -405,6 +423,11 @@ class Engine:
         error = cause if isinstance(cause, SynerDiffError) else ExecutionFailed(f"{model} call failed")
         return [event for generation in batch
                 if self._is_live(generation) and (event := self.abort(generation.request_id, error))]
+
+
+def _earliest(*delays: float | None) -> float | None:
+    known = [delay for delay in delays if delay is not None]
+    return min(known) if known else None
 
 
 def _rows(generation: _Generation, skips: frozenset[str]) -> np.ndarray:

@@ -66,9 +66,15 @@ class Limits:
     # Serving bounds: requests waiting to join the batch, and requests denoising at once.
     max_waiting_requests: int = 64
     max_running_requests: int = 16
+    # How long a request may wait to join the batch before it gets UNAVAILABLE (None: as long as it takes).
+    # A request may ask for less (the `queue_timeout_ms` request parameter), never for more.
+    queue_timeout_s: float | None = None
+    max_request_id_chars: int = 256
 
     def __post_init__(self) -> None:
         if self.max_waiting_requests < 1 or self.max_running_requests < 1:
             raise ValueError("max_waiting_requests and max_running_requests must be >= 1")
+        if self.queue_timeout_s is not None and not self.queue_timeout_s > 0:
+            raise ValueError("queue_timeout_s must be > 0 (or None for no timeout)")
         if not 1 <= self.default_steps <= self.max_steps:
             raise ValueError("default_steps must lie in [1, max_steps]")

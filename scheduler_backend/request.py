@@ -33,6 +33,13 @@ PROGRESS = "PROGRESS"
 GENERATION_INPUTS = (PROMPT, NEGATIVE_PROMPT, PROMPT_EMBEDS, STEPS, GUIDANCE_SCALE, SEED, HEIGHT, WIDTH,
                      SAMPLER, PROGRESS)
 
+# Request parameters (Triton's per-request `parameters` map). Keys starting with "triton_" belong to Triton
+# and its clients (e.g. triton_enable_empty_final_response) and are left alone; any other key is refused.
+QUEUE_TIMEOUT_MS = "queue_timeout_ms"
+REQUEST_PARAMETERS = (QUEUE_TIMEOUT_MS,)
+MAX_QUEUE_TIMEOUT_MS = 3_600_000
+TRITON_PARAMETER_PREFIX = "triton_"
+
 RawFields = Mapping[str, "np.ndarray | None"]
 
 
@@ -61,6 +68,51 @@ class GenerationParams:
     def uses_cfg(self) -> bool:
         """Classifier-free guidance needs the unconditional row too (diffusers: guidance_scale > 1)."""
         return self.guidance_scale > 1.0
+
+
+@dataclass(frozen=True)
+class RequestOptions:
+    """What a request asked for through its parameters. `queue_timeout_s` is already capped by the
+    server's own queue timeout; None means no timeout."""
+
+    queue_timeout_s: float | None = None
+
+
+def validate_parameters(parameters: Mapping[str, object], limits: Limits) -> RequestOptions:
+    """Validate a request's parameters: only `REQUEST_PARAMETERS` (and Triton's own) are accepted."""
+    for key in parameters:
+        if not isinstance(key, str):
+            raise InvalidArgument("parameters", "keys must be strings")
+        if key not in REQUEST_PARAMETERS and not key.startswith(TRITON_PARAMETER_PREFIX):
+            shown = key if len(key) <= 64 else key[:64] + "..."
+            raise InvalidArgument(f"parameters.{shown}",
+                                  f"is not a known request parameter (known: {', '.join(REQUEST_PARAMETERS)})")
+    requested = parameters.get(QUEUE_TIMEOUT_MS)
+    if requested is None:
+        return RequestOptions(queue_timeout_s=limits.queue_timeout_s)
+    if not isinstance(requested, int) or isinstance(requested, bool) or not 1 <= requested <= MAX_QUEUE_TIMEOUT_MS:
+        raise InvalidArgument(f"parameters.{QUEUE_TIMEOUT_MS}",
+                              f"must be an integer number of milliseconds in [1, {MAX_QUEUE_TIMEOUT_MS}]")
+    timeout_s = requested / 1000
+    if limits.queue_timeout_s is not None:
+        timeout_s = min(timeout_s, limits.queue_timeout_s)
+    return RequestOptions(queue_timeout_s=timeout_s)
+
+
+def validate_request_id(request_id: object, limits: Limits, field: str) -> str:
+    """A client-chosen request id (for stop-by-request-id): printable, at most `max_request_id_chars`."""
+    if isinstance(request_id, (bytes, np.bytes_)):
+        try:
+            request_id = bytes(request_id).decode("utf-8")
+        except UnicodeDecodeError:
+            raise InvalidArgument(field, "must be valid UTF-8") from None
+    if not isinstance(request_id, str):
+        raise InvalidArgument(field, "must be a string")
+    if len(request_id) > limits.max_request_id_chars:
+        raise InvalidArgument(field, f"must be at most {limits.max_request_id_chars} characters")
+    if not request_id.isprintable():
+        raise InvalidArgument(field, "must be printable text")
+    return request_id
 
 
 def validate_prompts(fields: RawFields, limits: Limits) -> PromptPair:

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from scheduler_backend.engine import Engine, Event, RequestFinished, StepProgress
 from scheduler_backend.errors import Cancelled, ExecutionFailed, Overloaded
 from scheduler_backend.limits import Limits, ModelSpec
-from scheduler_backend.planner import ContinuousPlanner, Planner, SequentialPlanner
+from scheduler_backend.planner import ContinuousPlanner, Planner, SequentialPlanner, StaticPlanner
 from scheduler_backend.request import GenerationParams
 from scheduler_backend.sampler import NoiseSchedule, SamplerKind, initial_latent, make_sampler_plan
 from scheduler_backend.vae_chunks import StageShapes
@@ -757,3 +757,51 @@ def test_places_reserved_by_the_caller_count_against_the_waiting_bound() -> None
     engine.ensure_capacity(reserved=1)  # 1 waiting + 1 being encoded < 3
     with pytest.raises(Overloaded):
         engine.ensure_capacity(reserved=2)
+
+
+# -- queue timeout -----------------------------------------------------------------------------------
+
+
+def test_a_request_waiting_past_its_queue_timeout_ends_overloaded_and_never_runs() -> None:
+    async def scenario() -> None:
+        now = [0.0]
+        executor = FakeExecutor()
+        limits = Limits(SPEC, max_running_requests=1)
+        engine = Engine(executor, ContinuousPlanner(1), limits, SCHEDULE, clock=lambda: now[0])
+        engine.add("r0", params(steps=3, seed=0), embeddings(0))
+        engine.add("r1", params(steps=3, seed=1), embeddings(1), queue_timeout_s=1.5)
+        engine.add("r2", params(steps=3, seed=2), embeddings(2), queue_timeout_s=100.0)
+        events: list[Event] = []
+        for _ in range(2):  # r0 runs; r1 and r2 wait behind it (one running at a time)
+            events += (await engine.step()).events
+            now[0] += 1.0
+        assert engine.num_waiting == 2 and not finished(events)
+        report = await engine.step()  # now 2.0 s: r1's deadline (1.5 s) has passed
+        ends = finished(report.events)
+        assert list(ends) == ["r1"] and isinstance(ends["r1"].error, Overloaded)
+        assert "queue timeout" in ends["r1"].error.message
+        events += report.events
+        events += await drain(engine)
+        ends = finished(events)
+        assert ends["r0"].image is not None and ends["r2"].image is not None
+        assert all("r1" not in call.request_ids for call in executor.unet_calls)
+        assert_empty(engine)
+
+    asyncio.run(scenario())
+
+
+def test_an_idle_step_asks_to_be_woken_at_the_earliest_queue_deadline() -> None:
+    async def scenario() -> None:
+        now = [10.0]
+        limits = Limits(SPEC)
+        engine = Engine(FakeExecutor(), StaticPlanner(max_batch_size=4, max_queue_delay_s=30.0), limits, SCHEDULE,
+                        clock=lambda: now[0])
+        engine.add("r0", params(), embeddings(0), queue_timeout_s=2.0)
+        report = await engine.step()  # the static planner waits for a fuller batch
+        assert report.is_idle and report.retry_after_s == pytest.approx(2.0)
+        now[0] += 2.0
+        report = await engine.step()
+        assert isinstance(finished(report.events)["r0"].error, Overloaded)
+        assert_empty(engine)
+
+    asyncio.run(scenario())

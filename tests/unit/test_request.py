@@ -14,7 +14,9 @@ from scheduler_backend.errors import InvalidArgument
 from scheduler_backend.limits import Limits, ModelSpec
 from scheduler_backend.request import (GENERATION_INPUTS, GUIDANCE_SCALE, HEIGHT, NEGATIVE_PROMPT, PROGRESS,
                                        PROMPT, PROMPT_EMBEDS, SAMPLER, SEED, STEPS, WIDTH, PromptPair,
-                                       RawFields, validate_embeddings, validate_generation, validate_prompts)
+                                       QUEUE_TIMEOUT_MS, RawFields, RequestOptions, validate_embeddings,
+                                       validate_generation, validate_parameters, validate_prompts,
+                                       validate_request_id)
 from scheduler_backend.sampler import SamplerKind
 
 SPEC = ModelSpec(latent_channels=4, vae_scale_factor=2, text_max_length=77, text_hidden_size=32,
@@ -329,3 +331,50 @@ def test_arbitrary_prompt_bytes_and_steps_validate_or_raise_invalid_argument(pro
     assert params.prompts is not None and params.prompts.prompt == prompt.decode("utf-8")
     assert params.prompts.prompt.strip() and "\x00" not in params.prompts.prompt
     assert params.num_steps == steps and 1 <= steps <= LIMITS.max_steps
+
+
+# -- request parameters and ids ----------------------------------------------------------------------
+
+
+def test_no_parameters_take_the_server_queue_timeout() -> None:
+    assert validate_parameters({}, LIMITS) == RequestOptions(queue_timeout_s=None)
+    assert validate_parameters({}, Limits(SPEC, queue_timeout_s=30.0)) == RequestOptions(queue_timeout_s=30.0)
+
+
+def test_a_requested_queue_timeout_is_honoured_only_below_the_server_one() -> None:
+    assert validate_parameters({QUEUE_TIMEOUT_MS: 2500}, LIMITS).queue_timeout_s == 2.5
+    capped = Limits(SPEC, queue_timeout_s=1.0)
+    assert validate_parameters({QUEUE_TIMEOUT_MS: 250}, capped).queue_timeout_s == 0.25
+    assert validate_parameters({QUEUE_TIMEOUT_MS: 60_000}, capped).queue_timeout_s == 1.0
+
+
+def test_tritons_own_parameters_are_left_alone() -> None:
+    options = validate_parameters({"triton_enable_empty_final_response": True, QUEUE_TIMEOUT_MS: 5}, LIMITS)
+    assert options.queue_timeout_s == 0.005
+
+
+@pytest.mark.parametrize("key", ["priority", "timeout", "QUEUE_TIMEOUT_MS", "", "x" * 10_000])
+def test_an_unknown_parameter_is_rejected_naming_it(key: str) -> None:
+    with pytest.raises(InvalidArgument) as caught:
+        validate_parameters({key: 1}, LIMITS)
+    assert caught.value.field.startswith("parameters.") and key[:64] in caught.value.field
+    assert len(caught.value.message) < 300 and QUEUE_TIMEOUT_MS in caught.value.message
+
+
+@pytest.mark.parametrize("value", [0, -5, 3_600_001, 2**63, 1.5, "100", True, None])
+def test_a_bad_queue_timeout_is_rejected_naming_the_parameter(value: object) -> None:
+    if value is None:
+        assert validate_parameters({QUEUE_TIMEOUT_MS: value}, LIMITS).queue_timeout_s is None
+        return
+    with pytest.raises(InvalidArgument) as caught:
+        validate_parameters({QUEUE_TIMEOUT_MS: value}, LIMITS)
+    assert caught.value.field == f"parameters.{QUEUE_TIMEOUT_MS}"
+
+
+def test_request_ids_are_decoded_and_bounded() -> None:
+    assert validate_request_id(b"job-1", LIMITS, "REQUEST_ID") == "job-1"
+    assert validate_request_id("", LIMITS, "REQUEST_ID") == ""
+    for bad in (b"\xff", "x" * 257, "a\nb", 7):
+        with pytest.raises(InvalidArgument) as caught:
+            validate_request_id(bad, LIMITS, "REQUEST_ID")
+        assert caught.value.field == "REQUEST_ID"
