@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import threading
 import time
+import uuid
 from pathlib import Path
 from typing import Literal
 
@@ -29,6 +30,9 @@ from tritonclient.utils import InferenceServerException, np_to_triton_dtype
 from client.contract import (
     MODELS_WITHOUT_PROGRESS,
     OUTPUT_NAMES,
+    STOP_INPUT,
+    STOP_MODEL,
+    STOP_OUTPUT,
     STREAMING_MODEL,
     UNARY_MODEL,
     GeneratedImage,
@@ -189,6 +193,7 @@ class DiffusionClient:
     ) -> GeneratedImage:
         inputs = infer_inputs(httpclient.InferInput, request, progress=False)
         outputs = [httpclient.InferRequestedOutput(name, binary_data=True) for name in OUTPUT_NAMES]
+        request_id = uuid.uuid4().hex  # unguessable: anyone who knows it can stop the request
         finished = threading.Event()
         outcome: dict[str, object] = {}
 
@@ -202,7 +207,7 @@ class DiffusionClient:
                     network_timeout=timeout_s if timeout_s is not None else HTTP_NO_TIMEOUT_S,
                 )
                 try:
-                    outcome["result"] = client.infer(self.model, inputs, outputs=outputs)
+                    outcome["result"] = client.infer(self.model, inputs, outputs=outputs, request_id=request_id)
                     outcome["finished_at_s"] = time.perf_counter()
                 finally:
                     client.close()
@@ -216,9 +221,13 @@ class DiffusionClient:
         threading.Thread(target=call, name="synerdiff-http", daemon=True).start()
         while not finished.wait(POLL_INTERVAL_S):
             if cancel is not None and cancel.is_set():
-                raise GenerationError(
-                    "CANCELLED", "cancelled by the client (over HTTP the server still finishes it)"
-                )
+                # HTTP cannot cancel a request in flight: stop it by its id, then take its answer.
+                try:
+                    self.stop(request_id)
+                except GenerationError:
+                    pass  # best effort: the request may have finished meanwhile
+                finished.wait(CANCEL_GRACE_S)
+                raise GenerationError("CANCELLED", "cancelled by the client")
             if _past_deadline(started_s, timeout_s):
                 raise GenerationError("DEADLINE_EXCEEDED", f"no response within {timeout_s} s")
         error = outcome.get("error")
@@ -235,6 +244,29 @@ class DiffusionClient:
         finished_at_s = outcome["finished_at_s"]
         assert isinstance(finished_at_s, float)
         return GeneratedImage(decoded.image, decoded.seed, decoded.step, finished_at_s - started_s)
+
+
+    def stop(self, request_id: str) -> int:
+        """Stop every live request the server knows by `request_id` (the id its client gave it);
+        returns how many were stopped. Works over HTTP and gRPC (the `stop` model)."""
+        module = grpcclient if self.protocol == "grpc" else httpclient
+        infer_input = module.InferInput(STOP_INPUT, [1], "BYTES")
+        infer_input.set_data_from_numpy(np.array([request_id.encode("utf-8")], dtype=np.object_))
+        try:
+            client = module.InferenceServerClient(self.url)
+            try:
+                result = client.infer(STOP_MODEL, [infer_input])
+            finally:
+                client.close()
+        except Exception as exc:
+            mapped = _error_from_transport(exc, self.url)
+            if mapped is None:
+                raise
+            raise mapped from None
+        stopped = result.as_numpy(STOP_OUTPUT)
+        if stopped is None:
+            raise GenerationError("INTERNAL", "the stop response came without STOPPED")
+        return int(stopped.reshape(-1)[0])
 
 
 def save_png(image: np.ndarray, path: Path) -> None:

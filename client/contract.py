@@ -22,6 +22,9 @@ from client.errors import GenerationError
 
 STREAMING_MODEL = "diffusion"
 UNARY_MODEL = "txt2img_unary"
+STOP_MODEL = "stop"  # stop-by-request-id: REQUEST_ID in, STOPPED (how many) out
+STOP_INPUT = "REQUEST_ID"
+STOP_OUTPUT = "STOPPED"
 SAMPLERS = ("ddim", "euler")
 
 # The non-decoupled model answers once per request, so it has no PROGRESS input.

@@ -29,6 +29,7 @@ class ServingSettings:
     policy: str = "synerdiff"
     max_waiting_requests: int = 64
     max_running_requests: int = 16
+    queue_timeout_s: float = 0.0  # how long a request may wait to join the batch (0: no limit)
     unet_threads: int = 2
     vae_threads: int = 2
     text_encoder_threads: int = 1

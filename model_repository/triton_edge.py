@@ -14,6 +14,7 @@ Error mapping (the only one in the project):
 from __future__ import annotations
 
 import json
+import re
 from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
@@ -46,6 +47,22 @@ def input_arrays(request: Any, names: Sequence[str]) -> dict[str, np.ndarray | N
     return arrays
 
 
+def request_parameters(request: Any) -> dict[str, object]:
+    """The request's `parameters` map (Triton passes it to the stub as JSON)."""
+    try:
+        parameters = json.loads(request.parameters() or "{}")
+    except (TypeError, ValueError):
+        raise InvalidArgument("parameters", "must be a map of names to values") from None
+    if not isinstance(parameters, dict):
+        raise InvalidArgument("parameters", "must be a map of names to values")
+    return parameters
+
+
+def request_id(request: Any) -> str:
+    """The id the client gave the request ("" when none)."""
+    return request.request_id() or ""
+
+
 def response(outputs: Mapping[str, np.ndarray]) -> Any:
     utils = pb()
     return utils.InferenceResponse([utils.Tensor(name, np.ascontiguousarray(array))
@@ -76,21 +93,37 @@ def send_final(sender: Any, outcome: Mapping[str, np.ndarray] | BaseException) -
     sender.send(message, flags=final_flag())
 
 
-def _bls_request(model: str, inputs: Mapping[str, np.ndarray], outputs: Sequence[str]) -> Any:
+def _bls_request(model: str, inputs: Mapping[str, np.ndarray], outputs: Sequence[str], request_id: str = "",
+                 parameters: Mapping[str, object] | None = None) -> Any:
     utils = pb()
     return utils.InferenceRequest(model_name=model, requested_output_names=list(outputs),
                                   inputs=[utils.Tensor(name, np.ascontiguousarray(array))
-                                          for name, array in inputs.items()])
+                                          for name, array in inputs.items()],
+                                  request_id=request_id, parameters=dict(parameters or {}))
+
+
+_PATH = re.compile(r"(?:[A-Za-z]:)?(?:/[^\s/'\"():,]+){2,}/?")
+_MAX_MESSAGE_CHARS = 300
+
+
+def client_message(text: str) -> str:
+    """A message from another model made fit for a client: its first line, no file paths (the Python
+    backend appends a traceback with file names to a model's exception), bounded in length."""
+    first_line = text.strip().split("\n", 1)[0]
+    cleaned = _PATH.sub("<path>", first_line)
+    return cleaned if len(cleaned) <= _MAX_MESSAGE_CHARS else cleaned[:_MAX_MESSAGE_CHARS] + "..."
 
 
 def _bls_failure(model: str, error: Any) -> SynerDiffError:
     """A BLS error as the core's error. Responses of a decoupled model arrive through BLS as INTERNAL
     whatever their code (2.51), so an overload is also recognised by its message."""
-    code, message = error.code(), error.message()
+    code, message = error.code(), client_message(error.message())
+    if model != "diffusion":  # an internal model's own words go to the log, whole
+        log_error(f"{model} failed: {error.message()}")
     codes = pb().TritonError
     if code == codes.INVALID_ARG:
         return ExecutionFailed(f"{model} rejected an internal request: {message}")
-    if code == codes.CANCELLED:
+    if code == codes.CANCELLED or message.startswith(Cancelled.PREFIX):
         return Cancelled(message)
     if code == codes.UNAVAILABLE or Overloaded.RETRY_HINT in message or "not ready" in message:
         return Overloaded(message if Overloaded.RETRY_HINT in message else "the server is shutting down")
@@ -115,11 +148,12 @@ async def bls_infer(model: str, inputs: Mapping[str, np.ndarray], outputs: Seque
     return _outputs(model, reply, outputs)
 
 
-def bls_stream_final(model: str, inputs: Mapping[str, np.ndarray], outputs: Sequence[str]) -> dict[str, np.ndarray]:
+def bls_stream_final(model: str, inputs: Mapping[str, np.ndarray], outputs: Sequence[str], request_id: str = "",
+                     parameters: Mapping[str, object] | None = None) -> dict[str, np.ndarray]:
     """Call a decoupled model; return the outputs of its last data response, or raise its error as a
-    `SynerDiffError`. Blocking: call it from a thread."""
+    `SynerDiffError`. Blocking: call it from a thread (or from `execute` when the answer is quick)."""
     last: dict[str, np.ndarray] | None = None
-    for reply in _bls_request(model, inputs, outputs).exec(decoupled=True):
+    for reply in _bls_request(model, inputs, outputs, request_id, parameters).exec(decoupled=True):
         if reply.has_error():
             raise _bls_failure(model, reply.error())
         present = {name: tensor.as_numpy() for name in outputs

@@ -1,18 +1,23 @@
 """`synerdiff serve` / scripts/serve.sh: export a preset (if not yet exported), measure its latency profile (if not
 yet measured for this machine and these thread counts), render the CPU repository, and run tritonserver in the
-foreground on 127.0.0.1 (HTTP 8000, gRPC 8001, metrics 8002)."""
+foreground on 127.0.0.1 (HTTP 8000, gRPC 8001, metrics 8002).
+
+It stays the server's supervisor (perf.server.TritonServer with its watchdog): a Python-backend stub that dies
+gets the server restarted, and SIGTERM/SIGINT stop it cleanly — live requests get their final response, and
+no stub or shared-memory region outlives it, even when a client holds a gRPC stream open."""
 
 from __future__ import annotations
 
 import argparse
-import os
+import signal
+import threading
 from dataclasses import replace
 from pathlib import Path
 
 from export.exporter import export_models
 from export.render import ServingSettings, render_repository
 from perf.profile import ensure_profile
-from perf.server import Ports, server_command, server_environment
+from perf.server import Ports, TritonServer
 from scheduler_backend.policies import POLICIES
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -26,6 +31,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="waiting-queue bound; beyond it requests get UNAVAILABLE at once")
     parser.add_argument("--max-running-requests", type=int, default=ServingSettings.max_running_requests,
                         help="requests admitted and not finished (denoising or decoding)")
+    parser.add_argument("--queue-timeout-s", type=float, default=ServingSettings.queue_timeout_s,
+                        help="a request waiting longer than this to join the batch gets UNAVAILABLE (0: no limit)")
     parser.add_argument("--vae-chunking", default=ServingSettings.vae_chunking,
                         help="VAE chunks: whole, stages (exact, default) or tiles[:RxC:overlap]")
     parser.add_argument("--address", default="127.0.0.1", help="bind address (default: loopback only)")
@@ -46,13 +53,22 @@ def run(args: argparse.Namespace) -> int:
     name = args.checkpoint.name if args.checkpoint else args.preset
     model_dir = export_models(args.checkpoint or args.preset, args.build_dir / "models" / name, seed=0, force=False)
     settings = ServingSettings(policy=args.policy, max_waiting_requests=args.max_waiting_requests,
-                               max_running_requests=args.max_running_requests, vae_chunking=args.vae_chunking)
+                               max_running_requests=args.max_running_requests, queue_timeout_s=args.queue_timeout_s,
+                               vae_chunking=args.vae_chunking)
     settings = replace(settings, profile=str(serving_profile(model_dir, settings)))
     repository = render_repository(model_dir, args.build_dir / "repository" / name, settings=settings)
-    command = server_command(repository, Ports(args.http_port, args.grpc_port, args.metrics_port), args.address)
-    print(f"serving {model_dir} from {repository}: {' '.join(command)}", flush=True)
-    os.execve(command[0], command, server_environment())
-    return 0  # not reached
+    server = TritonServer(repository, Ports(args.http_port, args.grpc_port, args.metrics_port), log_path=None,
+                          address=args.address)
+    print(f"serving {model_dir} from {repository} on {args.address}", flush=True)
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    server.start(supervise=True)
+    print("ready", flush=True)
+    stop.wait()
+    code = server.stop()
+    print(f"stopped (tritonserver exit code {code})", flush=True)
+    return 0 if code == 0 else 1
 
 
 def main() -> int:

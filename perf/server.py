@@ -21,6 +21,7 @@ import socket
 import subprocess
 import sys
 import sysconfig
+import threading
 import time
 import urllib.request
 from dataclasses import dataclass
@@ -97,56 +98,144 @@ def server_environment() -> dict[str, str]:
     return env
 
 
+@dataclass(frozen=True)
+class Stub:
+    """A Python-backend stub process of the server: its pid, model instance and shared-memory region."""
+
+    pid: int
+    instance: str  # e.g. "unet_0_0"
+    shm_region: str | None
+
+
 class TritonServer:
-    """A tritonserver child process. Use as a context manager, or start() / stop()."""
+    """A tritonserver child process. Use as a context manager, or start() / stop().
 
-    def __init__(self, repository: Path, ports: Ports, log_path: Path, exit_timeout_s: int = 10) -> None:
-        self.repository, self.ports, self.log_path = repository, ports, log_path
+    `start(supervise=True)` also starts a watchdog: Triton 2.51's Python backend does not restart a stub
+    that died (kill -9, OOM killer); its model keeps failing with "Stub process ... is not healthy" while
+    the server still reports ready. The watchdog notices a dead stub (or server) within `poll_s`, stops
+    the server (every live request gets its final response from `diffusion`'s finalize), removes the
+    shared memory left behind and starts the server again on the same ports; `restarts` counts it.
+    `log_path` None sends the server's log to this process's stdout.
+    """
+
+    def __init__(self, repository: Path, ports: Ports, log_path: Path | None, exit_timeout_s: int = 10,
+                 admin_key: str | None = None, address: str = "127.0.0.1") -> None:
+        self.repository, self.ports, self.log_path, self.address = repository, ports, log_path, address
         self.exit_timeout_s = exit_timeout_s
+        self.admin_key = admin_key
         self.process: subprocess.Popen[bytes] | None = None
+        self.stubs: list[Stub] = []
+        self.restarts = 0
+        self._lock = threading.RLock()
+        self._stopping = threading.Event()
+        self._watchdog: threading.Thread | None = None
 
-    def start(self, ready_timeout_s: float = 180.0) -> TritonServer:
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        log = open(self.log_path, "ab")
-        self.process = subprocess.Popen(server_command(self.repository, self.ports, exit_timeout_s=self.exit_timeout_s),
-                                        stdout=log, stderr=subprocess.STDOUT, env=server_environment())
-        log.close()
+    def start(self, ready_timeout_s: float = 180.0, supervise: bool = False, poll_s: float = 0.5) -> TritonServer:
+        with self._lock:
+            self._launch(ready_timeout_s)
+        if supervise and self._watchdog is None:
+            self._stopping.clear()
+            self._watchdog = threading.Thread(target=self._watch, args=(poll_s, ready_timeout_s),
+                                              name="tritonserver-watchdog", daemon=True)
+            self._watchdog.start()
+        return self
+
+    def _launch(self, ready_timeout_s: float) -> None:
+        command = server_command(self.repository, self.ports, self.address, exit_timeout_s=self.exit_timeout_s,
+                                 key=self.admin_key)
+        if self.log_path is None:
+            self.process = subprocess.Popen(command, env=server_environment())
+        else:
+            self.log_path.parent.mkdir(parents=True, exist_ok=True)
+            with open(self.log_path, "ab") as log:
+                self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
+                                                env=server_environment())
         deadline = time.monotonic() + ready_timeout_s
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeError(f"tritonserver exited with {self.process.returncode}; see {self.log_path}")
+                code = self.process.returncode
+                self._stop_process()
+                raise RuntimeError(f"tritonserver exited with {code}; see {self.log_path or 'its output'}")
             if self.is_ready():
-                return self
+                self.stubs = stubs_of(self.process.pid)
+                return
             time.sleep(0.25)
-        self.stop()
-        raise TimeoutError(f"tritonserver not ready after {ready_timeout_s} s; see {self.log_path}")
+        self._stop_process()
+        raise TimeoutError(f"tritonserver not ready after {ready_timeout_s} s; see {self.log_path or 'its output'}")
 
     def is_ready(self) -> bool:
         try:
-            with urllib.request.urlopen(f"http://{self.ports.http_url}/v2/health/ready", timeout=1) as reply:
+            host = "127.0.0.1" if self.address in ("0.0.0.0", "::") else self.address
+            with urllib.request.urlopen(f"http://{host}:{self.ports.http}/v2/health/ready", timeout=1) as reply:
                 return reply.status == 200
         except OSError:
             return False
 
+    def dead_stubs(self) -> list[Stub]:
+        return [stub for stub in self.stubs if not is_alive(stub.pid)]
+
+    def _watch(self, poll_s: float, ready_timeout_s: float) -> None:
+        while not self._stopping.wait(poll_s):
+            with self._lock:
+                if self._stopping.is_set() or self.process is None:
+                    return
+                dead = self.dead_stubs()
+                if not dead and self.process.poll() is None:
+                    continue
+                what = ", ".join(stub.instance for stub in dead) or "the server"
+                print(f"watchdog: {what} died; restarting tritonserver", file=sys.stderr, flush=True)
+                self._stop_process()
+                self.restarts += 1
+                try:
+                    self._launch(ready_timeout_s)
+                except (RuntimeError, TimeoutError) as error:
+                    print(f"watchdog: restart failed: {error}", file=sys.stderr, flush=True)
+                    return
+
     def stop(self, grace_s: float | None = None) -> int | None:
         """SIGTERM, wait, then kill what is left. Returns the server's exit code (None if killed)."""
+        self._stopping.set()
+        if self._watchdog is not None and self._watchdog is not threading.current_thread():
+            self._watchdog.join()
+            self._watchdog = None
+        with self._lock:
+            return self._stop_process(grace_s)
+
+    def _stop_process(self, grace_s: float | None = None) -> int | None:
+        """Stop the server and every stub it started; remove the stubs' shared memory.
+
+        The server exits by itself once every model has unloaded. A model whose stub died never unloads,
+        and a decoupled model with an open client stream does not either (2.51): the server then waits out
+        its exit timeout, and with an open stream keeps running after it. So once every stub that was alive
+        has gone, the server gets a moment to exit and is then killed; past the grace it is killed anyway.
+        """
         if self.process is None:
             return None
         process, self.process = self.process, None
-        stubs = child_pids(process.pid)
-        shm_regions = [region for pid in stubs for region in shm_regions_of(pid)]
+        stubs = {stub.pid: stub for stub in [*self.stubs, *stubs_of(process.pid)]}.values()
         if process.poll() is None:
             process.send_signal(signal.SIGTERM)
-        try:
-            code: int | None = process.wait(timeout=grace_s if grace_s is not None else self.exit_timeout_s + 10)
-        except subprocess.TimeoutExpired:
+        deadline = time.monotonic() + (grace_s if grace_s is not None else self.exit_timeout_s + 10)
+        unloaded_at: float | None = None
+        code: int | None = None
+        while time.monotonic() < deadline:
+            code = process.poll()
+            if code is not None:
+                break
+            if unloaded_at is None and not any(is_alive(stub.pid) for stub in stubs):
+                unloaded_at = time.monotonic()
+            if unloaded_at is not None and time.monotonic() - unloaded_at > 1.0:
+                break
+            time.sleep(0.05)
+        if process.poll() is None:
             process.kill()
             process.wait()
             code = None
-        for pid in stubs:
-            kill_quietly(pid)
-        for region in shm_regions:
-            Path("/dev/shm", region).unlink(missing_ok=True)
+        for stub in stubs:
+            kill_quietly(stub.pid)
+            if stub.shm_region:
+                Path("/dev/shm", stub.shm_region).unlink(missing_ok=True)
+        self.stubs = []
         return code
 
     def __enter__(self) -> TritonServer:
@@ -164,12 +253,38 @@ def child_pids(pid: int) -> list[int]:
     return [int(line) for line in out.split()]
 
 
+def stubs_of(server_pid: int) -> list[Stub]:
+    """The Python-backend stubs among the server's children (their command line names the instance and
+    the shared-memory region)."""
+    stubs = []
+    for pid in child_pids(server_pid):
+        try:
+            args = [arg.decode() for arg in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0") if arg]
+        except OSError:
+            continue
+        if not args or not args[0].endswith("triton_python_backend_stub"):
+            continue
+        regions = [arg for arg in args if arg.startswith("triton_python_backend_shm_region")]
+        instance = args[-2] if len(args) >= 3 else "?"  # ... <instance name> <execution env>
+        stubs.append(Stub(pid, instance, regions[0] if regions else None))
+    return stubs
+
+
 def shm_regions_of(pid: int) -> list[str]:
     try:
         args = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
     except OSError:
         return []
     return [arg.decode() for arg in args if arg.startswith(b"triton_python_backend_shm_region")]
+
+
+def is_alive(pid: int) -> bool:
+    """The process exists and is not a zombie (a stub that died stays a zombie until the server reaps it)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state not in ("Z", "X")
 
 
 def kill_quietly(pid: int) -> None:

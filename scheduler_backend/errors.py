@@ -41,7 +41,13 @@ class Overloaded(SynerDiffError):
 
 
 class Cancelled(SynerDiffError):
-    """The client cancelled the request."""
+    """The client cancelled the request (or stopped it by its request id). Messages start with `PREFIX`,
+    which is also how a cancellation is recognised after a hop that loses error codes."""
+
+    PREFIX = "request cancelled"
+
+    def __init__(self, reason: str = "") -> None:
+        super().__init__(reason if reason.startswith(self.PREFIX) else f"{self.PREFIX}: {reason}".rstrip(": "))
 
 
 class ExecutionFailed(SynerDiffError):

@@ -33,6 +33,11 @@ PROGRESS = "PROGRESS"
 GENERATION_INPUTS = (PROMPT, NEGATIVE_PROMPT, PROMPT_EMBEDS, STEPS, GUIDANCE_SCALE, SEED, HEIGHT, WIDTH,
                      SAMPLER, PROGRESS)
 
+# Stop-by-request-id (for clients that cannot cancel, such as HTTP): a control request to `diffusion` that
+# carries only STOP_REQUEST_ID and is answered with STOPPED, the number of live requests it stopped.
+STOP_REQUEST_ID = "STOP_REQUEST_ID"
+STOPPED = "STOPPED"
+
 # Request parameters (Triton's per-request `parameters` map). Keys starting with "triton_" belong to Triton
 # and its clients (e.g. triton_enable_empty_final_response) and are left alone; any other key is refused.
 QUEUE_TIMEOUT_MS = "queue_timeout_ms"
@@ -112,6 +117,17 @@ def validate_request_id(request_id: object, limits: Limits, field: str) -> str:
         raise InvalidArgument(field, f"must be at most {limits.max_request_id_chars} characters")
     if not request_id.isprintable():
         raise InvalidArgument(field, "must be printable text")
+    return request_id
+
+
+def validate_stop(fields: RawFields, limits: Limits) -> str:
+    """Validate a stop request: STOP_REQUEST_ID, non-empty, and no generation input beside it."""
+    present = [name for name in GENERATION_INPUTS if fields.get(name) is not None]
+    if present:
+        raise InvalidArgument(STOP_REQUEST_ID, f"must be sent alone, got {', '.join(present)} too")
+    request_id = validate_request_id(_single(fields, STOP_REQUEST_ID), limits, STOP_REQUEST_ID)
+    if not request_id:
+        raise InvalidArgument(STOP_REQUEST_ID, "must not be empty")
     return request_id
 
 

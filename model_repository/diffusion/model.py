@@ -6,11 +6,14 @@ the same event loop runs the engine: check cancellations, `engine.step()`, send 
 Everything runs on one thread, so the engine needs no locks.
 
 Guarantees kept here: every request gets exactly one final response (image or error) on every path —
-invalid input, full queue, cancellation, model failure, loop failure, shutdown; a cancelled request
-leaves the batch before the next step.
+invalid input, full queue, queue timeout, cancellation, stop by request id, model failure, loop failure,
+shutdown; a cancelled or stopped request leaves the batch before the next step.
 
-Parameters: `model_dir`, `policy`, `max_waiting_requests`, `max_running_requests`, `vae_chunking`, `profile`
-(the latency profile JSON; the synerdiff policies need it).
+A request carrying only STOP_REQUEST_ID is a control request: every live request whose client-given id
+equals it ends CANCELLED, and the control request is answered with STOPPED (how many).
+
+Parameters: `model_dir`, `policy`, `max_waiting_requests`, `max_running_requests`, `queue_timeout_s` (0: none),
+`vae_chunking`, `profile` (the latency profile JSON; the synerdiff policies need it).
 """
 
 from __future__ import annotations
@@ -32,11 +35,21 @@ from scheduler_backend.errors import Cancelled, ExecutionFailed, Overloaded, Syn
 from scheduler_backend.limits import Limits, ModelSpec, read_manifest
 from scheduler_backend.policies import PolicySettings, ServingPolicy, make_policy, needs_profile
 from scheduler_backend.profile import LatencyProfile
-from scheduler_backend.request import GENERATION_INPUTS, PROMPT_EMBEDS, GenerationParams, validate_generation
+from scheduler_backend.request import (GENERATION_INPUTS, PROMPT_EMBEDS, STOP_REQUEST_ID, STOPPED, GenerationParams,
+                                       validate_generation, validate_parameters, validate_request_id, validate_stop)
 from scheduler_backend.sampler import NoiseSchedule
 from scheduler_backend.vae_chunks import ChunkingSpec
 
 _NO_IMAGE = np.zeros((0, 0, 3), dtype=np.uint8)
+_INPUTS = (*GENERATION_INPUTS, STOP_REQUEST_ID)
+
+
+def serving_limits(parameters: Mapping[str, str], manifest: Mapping[str, Any]) -> Limits:
+    queue_timeout_s = float(parameters.get("queue_timeout_s") or 0)
+    return Limits(ModelSpec.from_manifest(manifest),
+                  max_waiting_requests=int(parameters.get("max_waiting_requests", "64")),
+                  max_running_requests=int(parameters.get("max_running_requests", "16")),
+                  queue_timeout_s=queue_timeout_s if queue_timeout_s > 0 else None)
 
 
 def serving_policy(parameters: Mapping[str, str], limits: Limits) -> ServingPolicy:
@@ -55,15 +68,14 @@ class _Client:
     sender: Any
     params: GenerationParams
     arrived_s: float
+    client_id: str  # the id the client gave the request ("" when none), for stop-by-request-id
 
 
 class TritonPythonModel:
     def initialize(self, args: Mapping[str, str]) -> None:
         parameters = triton_edge.config_parameters(args)
         manifest = read_manifest(parameters["model_dir"])
-        self._limits = Limits(ModelSpec.from_manifest(manifest),
-                              max_waiting_requests=int(parameters.get("max_waiting_requests", "64")),
-                              max_running_requests=int(parameters.get("max_running_requests", "16")))
+        self._limits = serving_limits(parameters, manifest)
         serving = serving_policy(parameters, self._limits)
         self._executor = BlsExecutor()
         self._engine = Engine(self._executor, serving.planner, self._limits, NoiseSchedule.from_dict(manifest["scheduler"]),
@@ -71,7 +83,8 @@ class TritonPythonModel:
         self._metrics = DiffusionMetrics(triton_edge.MetricFactory(args["model_name"]))
         self._clients: dict[str, _Client] = {}
         self._ids = itertools.count()
-        self._encoding = 0  # requests between validation and engine.add (their prompts are being encoded)
+        self._intake: dict[str, str] = {}  # requests between validation and engine.add: id -> client id
+        self._stopped_in_intake: set[str] = set()
         self._closing = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._task: asyncio.Task[None] | None = None
@@ -88,23 +101,29 @@ class TritonPythonModel:
         return None
 
     async def _accept(self, request: Any, sender: Any) -> None:
+        request_id = f"r{next(self._ids)}"
         try:
-            fields = triton_edge.input_arrays(request, GENERATION_INPUTS)
+            options = validate_parameters(triton_edge.request_parameters(request), self._limits)
+            fields = triton_edge.input_arrays(request, _INPUTS)
+            if fields[STOP_REQUEST_ID] is not None:
+                self._stop(validate_stop(fields, self._limits), sender)
+                return
+            client_id = validate_request_id(triton_edge.request_id(request), self._limits, "request id")
             params = validate_generation(fields, self._limits, lambda: secrets.randbits(32))
             self._check_capacity()
             arrived_s = time.monotonic()
-            if params.prompts is not None:
-                self._encoding += 1
-                try:
-                    embeddings = await self._executor.encode_prompts(params.prompts)
-                finally:
-                    self._encoding -= 1
-            else:
-                embeddings = np.array(fields[PROMPT_EMBEDS], dtype=np.float32)
+            self._intake[request_id] = client_id
+            try:
+                embeddings = (await self._executor.encode_prompts(params.prompts) if params.prompts is not None
+                              else np.array(fields[PROMPT_EMBEDS], dtype=np.float32))
+            finally:
+                del self._intake[request_id]
             if self._closing:
                 raise Overloaded("the server is shutting down")
-            request_id = f"r{next(self._ids)}"
-            self._engine.add(request_id, params, embeddings)
+            if request_id in self._stopped_in_intake or request.is_cancelled():
+                self._stopped_in_intake.discard(request_id)
+                raise Cancelled("request cancelled before it was queued")
+            self._engine.add(request_id, params, embeddings, options.queue_timeout_s)
         except SynerDiffError as error:
             self._metrics.rejected(error)
             triton_edge.send_final(sender, error)
@@ -113,14 +132,25 @@ class TritonPythonModel:
             triton_edge.log_error(f"diffusion: intake failed: {error!r}")
             triton_edge.send_final(sender, ExecutionFailed("internal error while accepting the request"))
             return
-        self._clients[request_id] = _Client(request, sender, params, arrived_s)
+        self._clients[request_id] = _Client(request, sender, params, arrived_s, client_id)
         assert self._wake is not None
         self._wake.set()
 
     def _check_capacity(self) -> None:
         if self._closing:
             raise Overloaded("the server is shutting down")
-        self._engine.ensure_capacity(reserved=self._encoding)
+        self._engine.ensure_capacity(reserved=len(self._intake))
+
+    def _stop(self, client_id: str, sender: Any) -> None:
+        """End every live request the client named `client_id`; answer with how many."""
+        stopping = [request_id for request_id, client in self._clients.items() if client.client_id == client_id]
+        for request_id in stopping:
+            event = self._engine.abort(request_id, Cancelled("stopped by its request id"))
+            if event is not None:
+                self._deliver([event])
+        in_intake = [request_id for request_id, named in self._intake.items() if named == client_id]
+        self._stopped_in_intake.update(in_intake)
+        triton_edge.send_final(sender, {STOPPED: np.array([len(stopping) + len(in_intake)], dtype=np.int32)})
 
     # -- the loop -------------------------------------------------------------------------------
 
@@ -166,7 +196,7 @@ class TritonPythonModel:
     def _reap_cancelled(self) -> None:
         for request_id, client in list(self._clients.items()):
             if client.request.is_cancelled():
-                event = self._engine.abort(request_id, Cancelled("request cancelled by the client"))
+                event = self._engine.abort(request_id, Cancelled("by the client"))
                 if event is not None:
                     self._deliver([event])
 

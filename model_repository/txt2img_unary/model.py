@@ -4,7 +4,8 @@
 here: error codes do not survive the decoupled BLS hop in 2.51), hands it to a thread and returns at
 once. The thread forwards it to the decoupled `diffusion` model (BLS) and answers through the request's
 response sender with the final image or the error. Since Triton 24.06 a non-decoupled model may answer
-this way: exactly once, flagged final.
+this way: exactly once, flagged final. The client's request id and parameters go along, so the `stop`
+model can stop the request by its id and a requested queue timeout applies.
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ import numpy as np
 from model_repository import triton_edge
 from scheduler_backend.errors import ExecutionFailed, SynerDiffError
 from scheduler_backend.limits import Limits, ModelSpec, read_manifest
-from scheduler_backend.request import GENERATION_INPUTS, PROGRESS, PROMPT_EMBEDS, validate_generation
+from scheduler_backend.request import (GENERATION_INPUTS, PROGRESS, PROMPT_EMBEDS, REQUEST_PARAMETERS, validate_generation,
+                                       validate_parameters, validate_request_id)
 
 _FORWARDED = tuple(name for name in GENERATION_INPUTS if name not in (PROMPT_EMBEDS, PROGRESS))
 _OUTPUTS = ("IMAGE", "STEP", "SEED_USED")
@@ -34,18 +36,22 @@ class TritonPythonModel:
             inputs = {name: array.copy() for name, array in
                       triton_edge.input_arrays(request, _FORWARDED).items() if array is not None}
             try:  # the seed drawn here is discarded: diffusion draws the one it uses and reports it
+                parameters = triton_edge.request_parameters(request)
+                validate_parameters(parameters, self._limits)
+                parameters = {key: parameters[key] for key in REQUEST_PARAMETERS if key in parameters}
+                client_id = validate_request_id(triton_edge.request_id(request), self._limits, "request id")
                 validate_generation(inputs, self._limits, lambda: 0)
             except SynerDiffError as error:
                 triton_edge.send_final(sender, error)
                 continue
-            threading.Thread(target=self._forward, args=(inputs, sender), daemon=True).start()
+            threading.Thread(target=self._forward, args=(inputs, client_id, parameters, sender), daemon=True).start()
         return None
 
     @staticmethod
-    def _forward(inputs: dict[str, np.ndarray], sender: Any) -> None:
+    def _forward(inputs: dict[str, np.ndarray], client_id: str, parameters: dict[str, object], sender: Any) -> None:
         outcome: dict[str, np.ndarray] | BaseException
         try:
-            outcome = triton_edge.bls_stream_final("diffusion", inputs, _OUTPUTS)
+            outcome = triton_edge.bls_stream_final("diffusion", inputs, _OUTPUTS, client_id, parameters)
         except SynerDiffError as error:
             outcome = error
         except Exception as error:

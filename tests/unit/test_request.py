@@ -16,7 +16,7 @@ from scheduler_backend.request import (GENERATION_INPUTS, GUIDANCE_SCALE, HEIGHT
                                        PROMPT, PROMPT_EMBEDS, SAMPLER, SEED, STEPS, WIDTH, PromptPair,
                                        QUEUE_TIMEOUT_MS, RawFields, RequestOptions, validate_embeddings,
                                        validate_generation, validate_parameters, validate_prompts,
-                                       validate_request_id)
+                                       validate_request_id, validate_stop, STOP_REQUEST_ID)
 from scheduler_backend.sampler import SamplerKind
 
 SPEC = ModelSpec(latent_channels=4, vae_scale_factor=2, text_max_length=77, text_hidden_size=32,
@@ -378,3 +378,13 @@ def test_request_ids_are_decoded_and_bounded() -> None:
         with pytest.raises(InvalidArgument) as caught:
             validate_request_id(bad, LIMITS, "REQUEST_ID")
         assert caught.value.field == "REQUEST_ID"
+
+
+def test_a_stop_request_carries_only_a_non_empty_request_id() -> None:
+    stop = {**{name: None for name in GENERATION_INPUTS}, STOP_REQUEST_ID: text(b"job-7")}
+    assert validate_stop(stop, LIMITS) == "job-7"
+    with pytest.raises(InvalidArgument, match="must not be empty"):
+        validate_stop({**stop, STOP_REQUEST_ID: text(b"")}, LIMITS)
+    with pytest.raises(InvalidArgument, match="alone, got PROMPT") as caught:
+        validate_stop({**stop, PROMPT: text(b"a cat")}, LIMITS)
+    assert caught.value.field == STOP_REQUEST_ID
