@@ -1,8 +1,9 @@
 """export_models: build (or load) the models, export the three ONNX graphs, the VAE stage graphs and the
-tokenizer, verify them (the graphs against torch, the chained stages against the full VAE decoder), and write
-the manifest.
+tokenizer, verify them (the graphs against torch, the chained stages against the full VAE decoder), save the torch
+modules themselves (for the torch serving fallback), and write the manifest.
 
-Stages, shown as one tqdm bar on stderr: build, text encoder, unet, vae decoder, vae stages, verify, manifest.
+Stages, shown as one tqdm bar on stderr: build, text encoder, unet, vae decoder, vae stages, verify, torch modules,
+manifest.
 Results (tokenizer used, ORT-vs-torch and stages-vs-decoder differences, timings) are printed to stdout.
 Invariant: the manifest is written last, only after every graph passed verification; an up-to-date directory is
 left untouched unless forced.
@@ -14,15 +15,19 @@ import importlib.metadata
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import TYPE_CHECKING, Callable, Iterator
 
 from tqdm import tqdm
 
-from export.layout import EXPORT_FORMAT_VERSION, EXPORT_INFO_FILE, MANIFEST_FILE, TOKENIZER_FILE
+from export.layout import (EXPORT_FORMAT_VERSION, EXPORT_INFO_FILE, MANIFEST_FILE, TOKENIZER_FILE,
+                           TORCH_MODULE_DIRS)
 from export.manifest import build_manifest, is_up_to_date, write_json_atomic
 from export.presets import PRESETS
 
-STAGES = ("build", "text encoder", "unet", "vae decoder", "vae stages", "verify", "manifest")
+if TYPE_CHECKING:
+    from export.components import Components
+
+STAGES = ("build", "text encoder", "unet", "vae decoder", "vae stages", "verify", "torch modules", "manifest")
 VERSIONED_PACKAGES = ("torch", "diffusers", "transformers", "tokenizers", "onnx", "onnxruntime")
 
 
@@ -60,6 +65,22 @@ def export_models(preset_or_checkpoint: str | Path, out_dir: str | Path, seed: i
         log(f"export: {out} is up to date ({source}, seed {_seed_key(checkpoint, seed)}); use --force to redo it")
         return out
     return _export_fresh(source, checkpoint, seed, out, tokenizer_kind, show_progress, log)
+
+
+def _save_torch_modules(components: Components, out: Path) -> None:
+    """The modules in their libraries' own layout (what the torch serving fallback loads), without the progress
+    bar transformers draws while writing."""
+    from transformers.utils import logging as transformers_logging
+
+    modules = {"unet": components.unet, "vae": components.vae, "text_encoder": components.text_encoder}
+    bar_was_enabled = transformers_logging.is_progress_bar_enabled()
+    transformers_logging.disable_progress_bar()
+    try:
+        for name, directory in TORCH_MODULE_DIRS.items():
+            modules[name].save_pretrained(str(out / directory))
+    finally:
+        if bar_was_enabled:
+            transformers_logging.enable_progress_bar()
 
 
 def _seed_key(checkpoint: Path | None, seed: int) -> int | None:
@@ -109,6 +130,8 @@ def _export_fresh(source: str, checkpoint: Path | None, seed: int, out: Path, to
             stages_check = verify_vae_stages(components, paths["vae_decoder"], stage_paths, seed)
             for check in (*checks, stages_check):
                 log(f"export: {check.describe()}")
+        with stage("torch modules"):
+            _save_torch_modules(components, out)
         with stage("manifest"):
             info = {"format_version": EXPORT_FORMAT_VERSION, "source": source, "seed": _seed_key(checkpoint, seed),
                     "opset_version": OPSET_VERSION,

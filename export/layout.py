@@ -22,8 +22,13 @@ def vae_stage_file(stage: int) -> str:
     return f"vae_stage_{stage}.onnx"
 
 
+# The torch modules themselves (diffusers/transformers `save_pretrained` layout, float32 safetensors), for the
+# torch serving fallback (model_repository/torch_models.py): module name -> directory.
+TORCH_MODULE_DIRS = {"unet": "torch/unet", "vae": "torch/vae", "text_encoder": "torch/text_encoder"}
+
 # Bumped whenever an export gains or changes files: directories written by an older format are re-exported.
 # 2: the VAE decoder's stages (vae_stage_<k>.onnx, manifest "vae_stages").
-EXPORT_FORMAT_VERSION = 2
+# 3: the torch modules (TORCH_MODULE_DIRS).
+EXPORT_FORMAT_VERSION = 3
 
 TEXT_MAX_LENGTH = 77  # CLIP context: token ids are always padded/truncated to this

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
 from export.layout import (EXPORT_FORMAT_VERSION, EXPORT_INFO_FILE, MANIFEST_FILE, MANIFEST_FILES, TEXT_MAX_LENGTH,
-                           VAE_STAGE_INPUT, VAE_STAGE_OUTPUT, vae_stage_file)
+                           TORCH_MODULE_DIRS, VAE_STAGE_INPUT, VAE_STAGE_OUTPUT, vae_stage_file)
 
 if TYPE_CHECKING:
     from export.components import Components
@@ -78,4 +78,6 @@ def is_up_to_date(out_dir: Path, source: str, seed: int | None, tokenizer_kind: 
     if tokenizer_kind != "auto" and info.get("tokenizer", {}).get("kind") != tokenizer_kind:
         return False
     files = _named_files(manifest)
-    return files is not None and all((out_dir / name).is_file() for name in files)
+    if files is None or not all((out_dir / name).is_file() for name in files):
+        return False
+    return all((out_dir / directory / "config.json").is_file() for directory in TORCH_MODULE_DIRS.values())

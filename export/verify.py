@@ -25,7 +25,8 @@ import torch
 from export.components import Components
 from export.errors import VerificationError
 from export.layout import TEXT_MAX_LENGTH, VAE_STAGE_INPUT
-from export.onnx_export import TextEncoderGraph, UNetGraph, VAEDecoderGraph, example_latent_side
+from export.graphs import TextEncoderGraph, UNetGraph, VAEDecoderGraph
+from export.onnx_export import example_latent_side
 
 RELATIVE_TOLERANCE = 1e-3
 
