@@ -215,7 +215,7 @@ class TritonServer:
         stubs = {stub.pid: stub for stub in [*self.stubs, *stubs_of(process.pid)]}.values()
         if process.poll() is None:
             process.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + (grace_s if grace_s is not None else self.exit_timeout_s + 10)
+        deadline = time.monotonic() + (grace_s if grace_s is not None else self.exit_timeout_s + 3)
         unloaded_at: float | None = None
         code: int | None = None
         while time.monotonic() < deadline:

@@ -6,10 +6,11 @@ build/test-logs/ and its tail is printed when a test fails.
 
 from __future__ import annotations
 
+import os
 import urllib.request
 from dataclasses import replace
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import pytest
 
@@ -27,15 +28,22 @@ def tiny_models() -> Path:
     return export_models("tiny", BUILD / "models" / "tiny", seed=0, show_progress=False, log=lambda _: None)
 
 
-def start_server(models: Path, name: str, settings: ServingSettings) -> TritonServer:
-    """Render `models` with `settings` (and the machine's latency profile of them) and start a server."""
+def start_server(models: Path, name: str, settings: ServingSettings, *,
+                 before_start: Callable[[Path], None] | None = None, supervise: bool = False,
+                 exit_timeout_s: int = 10) -> TritonServer:
+    """Render `models` with `settings` (and the machine's latency profile of them) and start a server.
+    `before_start` may change the rendered repository (the fault tests swap in their models). Names carry
+    the test process's pid, so test sessions running side by side never render over each other's servers."""
+    name = f"{name}-{os.getpid()}"
     profile = ensure_profile(models, unet_threads=settings.unet_threads, vae_threads=settings.vae_threads,
                              log=lambda _: None)
     repository = render_repository(models, BUILD / "test-repositories" / name,
                                    settings=replace(settings, profile=str(profile)))
+    if before_start is not None:
+        before_start(repository)
     log = BUILD / "test-logs" / f"{name}.log"
     log.unlink(missing_ok=True)
-    return TritonServer(repository, Ports(*free_ports(3)), log).start()
+    return TritonServer(repository, Ports(*free_ports(3)), log, exit_timeout_s=exit_timeout_s).start(supervise=supervise)
 
 
 @pytest.fixture(scope="session")
