@@ -1,23 +1,27 @@
-"""Renders the Triton model repository from `model_repository/*/config.pbtxt.in` for one target.
+"""Renders the Triton model repository from `model_repository/*/config*.pbtxt.in` for one target.
 
 Each template is filled with `string.Template.substitute`: a key missing from the settings is an error
-naming the template and the key, never a silently unfilled `${...}`. Each model's `model.py` adapter is
-copied to `<out>/<model>/1/model.py`; a model without one (the ensemble) gets an empty `1/`.
+naming the template and the key, never a silently unfilled `${...}`. Each model's adapter is copied to
+`<out>/<model>/1/model.py`, an engine of target `gpu` is placed at `<out>/<model>/1/model.plan` (hard-linked
+when it can be, else copied); a model without either (the ensemble) gets an empty `1/`. Which templates,
+adapters and engines each target uses: export/targets.py.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import string
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import model_repository
+from export.targets import TARGET_SPECS, TARGETS, RepositoryModel, repository_models, target_values
 from scheduler_backend.policies import needs_profile
 
 TEMPLATES_DIR = Path(model_repository.__file__).parent
-TARGETS = ("cpu",)
+__all__ = ["RenderError", "ServingSettings", "TARGETS", "render_repository"]
 
 
 class RenderError(Exception):
@@ -58,6 +62,18 @@ def fill(template_path: Path, values: dict[str, str]) -> str:
         raise RenderError(f"{template_path}: {error}") from None
 
 
+def _write_model(model_out: Path, model: RepositoryModel, values: dict[str, str]) -> None:
+    (model_out / "1").mkdir(parents=True)
+    (model_out / "config.pbtxt").write_text(fill(model.template, {**values, **model.values}))
+    if model.adapter is not None:
+        shutil.copy(model.adapter, model_out / "1" / "model.py")
+    if model.plan is not None:
+        try:  # engines are large: share the built file when the file system allows it
+            os.link(model.plan, model_out / "1" / "model.plan")
+        except OSError:
+            shutil.copy(model.plan, model_out / "1" / "model.plan")
+
+
 def render_repository(model_dir: Path, out_dir: Path, target: str = "cpu",
                       settings: ServingSettings = ServingSettings()) -> Path:
     """Writes a complete model repository to `out_dir` (replacing what was there) and returns it."""
@@ -67,16 +83,17 @@ def render_repository(model_dir: Path, out_dir: Path, target: str = "cpu",
         raise RenderError(f"policy {settings.policy!r} needs a latency profile (ServingSettings.profile); "
                           f"measure one with `synerdiff profile --model-dir {model_dir}`")
     values = template_values(model_dir, settings)
+    manifest = json.loads((model_dir / "manifest.json").read_text())
+    try:
+        values |= target_values(TARGET_SPECS[target], model_dir, manifest, settings.max_running_requests)
+        models = repository_models(TARGET_SPECS[target], TEMPLATES_DIR, model_dir, manifest)
+    except ValueError as error:
+        raise RenderError(str(error)) from None
     staging = out_dir.with_name(out_dir.name + ".rendering")
     shutil.rmtree(staging, ignore_errors=True)
     try:  # render beside the old repository and swap at the end: a failure leaves the old one intact
-        for template in sorted(TEMPLATES_DIR.glob("*/config.pbtxt.in")):
-            model_out = staging / template.parent.name
-            (model_out / "1").mkdir(parents=True)
-            (model_out / "config.pbtxt").write_text(fill(template, values))
-            adapter = template.parent / "model.py"
-            if adapter.exists():
-                shutil.copy(adapter, model_out / "1" / "model.py")
+        for model in models:
+            _write_model(staging / model.name, model, values)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

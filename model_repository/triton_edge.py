@@ -99,7 +99,14 @@ def _bls_request(model: str, inputs: Mapping[str, np.ndarray], outputs: Sequence
     return utils.InferenceRequest(model_name=model, requested_output_names=list(outputs),
                                   inputs=[utils.Tensor(name, np.ascontiguousarray(array))
                                           for name, array in inputs.items()],
-                                  request_id=request_id, parameters=dict(parameters or {}))
+                                  request_id=request_id, parameters=dict(parameters or {}),
+                                  preferred_memory=_host_memory(utils))
+
+
+def _host_memory(utils: Any) -> Any:
+    """The callers turn outputs into numpy: ask for them in host memory. A GPU model (target `gpu`) then gets
+    its outputs copied to the host by Triton; a CPU model's outputs are there already."""
+    return utils.PreferredMemory(utils.TRITONSERVER_MEMORY_CPU, 0)
 
 
 _PATH = re.compile(r"(?:[A-Za-z]:)?(?:/[^\s/'\"():,]+){2,}/?")
@@ -163,6 +170,34 @@ def bls_stream_final(model: str, inputs: Mapping[str, np.ndarray], outputs: Sequ
     if last is None:
         raise ExecutionFailed(f"{model} sent no final response")
     return last
+
+
+def input_tensors(request: Any, names: Sequence[str]) -> dict[str, Any | None]:
+    """The named inputs of a request as Triton tensors, wherever they lie (host or device); None if absent."""
+    return {name: pb().get_input_tensor_by_name(request, name) for name in names}
+
+
+def bls_forward(model: str, tensors: Sequence[Any], outputs: Sequence[str]) -> list[Any]:
+    """Call `model` with Triton tensors as they are and return its output tensors as they come: nothing is copied
+    in this process and no memory is preferred, so device tensors stay on the device. Blocking; raises a
+    `SynerDiffError` on failure."""
+    utils = pb()
+    reply = utils.InferenceRequest(model_name=model, requested_output_names=list(outputs),
+                                   inputs=list(tensors)).exec()
+    if reply.has_error():
+        raise _bls_failure(model, reply.error())
+    found = []
+    for name in outputs:
+        tensor = utils.get_output_tensor_by_name(reply, name)
+        if tensor is None:
+            raise ExecutionFailed(f"{model} returned no {name}")
+        found.append(tensor)
+    return found
+
+
+def tensor_response(tensors: Sequence[Any]) -> Any:
+    """A response made of Triton tensors as they are (see `bls_forward`)."""
+    return pb().InferenceResponse(list(tensors))
 
 
 def log_info(message: str) -> None:
