@@ -146,9 +146,10 @@ def read_engines(model_dir: Path) -> dict[str, Any] | None:
 
 def build_engines(model_dir: Path, max_running_requests: int, vae_fp16: bool = True,
                   workspace_bytes: int | None = None, log: Callable[[str], None] = print,
-                  trt: ModuleType | None = None) -> Path:
+                  trt: ModuleType | None = None, device_name: str = "") -> Path:
     """Every engine of the `gpu` target for the export in `model_dir`, for `max_running_requests`; returns the
-    engine directory. The profiles are checked against the ONNX graphs before TensorRT is asked for anything."""
+    engine directory. The profiles are checked against the ONNX graphs before TensorRT is asked for anything.
+    `device_name` (the GPU's name) is recorded: an engine runs only on the GPU model it was built for."""
     model_dir = Path(model_dir)
     manifest = json.loads((model_dir / MANIFEST_FILE).read_text())
     specs = engine_specs(manifest, max_running_requests)
@@ -164,7 +165,7 @@ def build_engines(model_dir: Path, max_running_requests: int, vae_fp16: bool = T
                      fp16=fp16, tensor_names=spec.tensor_names, workspace_bytes=workspace_bytes, trt=trt)
         built[spec.model] = {"plan": spec.plan_file, "profiles": len(spec.profiles), "fp16": fp16}
     info = {"max_running_requests": max_running_requests, "tensorrt_version": str(trt.__version__),
-            "engines": built}
+            "device": device_name, "engines": built}
     (out / ENGINES_FILE).write_text(json.dumps(info, indent=2) + "\n")
     log(f"tensorrt: wrote {len(built)} engines to {out}")
     return out

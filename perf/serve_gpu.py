@@ -1,0 +1,152 @@
+"""`python -m perf.serve_gpu`: serve on an NVIDIA GPU inside the NGC Triton 24.10 container (deploy/Dockerfile).
+
+Steps, each skipped when its result is already there: export the preset or checkpoint (ONNX graphs and torch
+modules), build the TensorRT engines for this GPU and bound (target `gpu`; only when `tensorrt` is importable,
+else the torch fallback `gpu-torch` is served), render the repository, then exec the container's tritonserver with
+the memory pools sized for the export (export/gpu_memory.py). `--prepare-only` stops before serving (a build step,
+a Kubernetes init container).
+
+Defaults for a GPU differ from the CPU launcher (perf/serve.py) in one place: VAE chunking `tiles:2x2:4`. The loop
+keeps its tensors in host memory (numpy), so the exact `stages` chunks would carry the decoder's activations
+through the host between stages (384 MiB per 512 x 512 image for SD-1.5's stage 3; docs/design.md §6), while tiles
+carry only latents and image tiles. Serving keeps the CPU launcher's hygiene: model control `none`, the admin APIs
+behind the admin key (perf/server.py), and 127.0.0.1 unless `--address` says otherwise (the container's command
+does, see deploy/Dockerfile). Not run in this repository's CI: there is no GPU or container here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import secrets
+from dataclasses import replace
+from pathlib import Path
+
+from export.gpu_memory import MemoryPools, memory_pools
+from export.render import ServingSettings, render_repository
+from export.tensorrt_build import TensorRTUnavailable, build_engines, import_tensorrt, read_engines
+from scheduler_backend.policies import POLICIES, needs_profile
+
+ROOT = Path(__file__).resolve().parents[1]
+TRITONSERVER = "/opt/tritonserver/bin/tritonserver"  # in the NGC container
+RESTRICTED_APIS = ("model-repository", "shared-memory", "trace", "logging")  # as perf/server.py (a test pins it)
+ADMIN_KEY_HEADER = "synerdiff-admin-key"
+GPU_VAE_CHUNKING = "tiles:2x2:4"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--preset", default="sd15", help="model preset to export and serve (default sd15)")
+    parser.add_argument("--checkpoint", type=Path, help="serve a local diffusers checkpoint instead of a preset")
+    parser.add_argument("--target", choices=("auto", "gpu", "gpu-torch"), default="auto",
+                        help="gpu: TensorRT engines; gpu-torch: the torch fallback; auto: gpu if tensorrt imports")
+    parser.add_argument("--policy", choices=POLICIES, default=ServingSettings.policy)
+    parser.add_argument("--profile", type=Path,
+                        help="latency profile of these models on this GPU (the synerdiff policies need one; "
+                             "perf/profiles/h100-sd15-estimated.json is an estimate for SD-1.5 on an H100)")
+    parser.add_argument("--max-waiting-requests", type=int, default=ServingSettings.max_waiting_requests)
+    parser.add_argument("--max-running-requests", type=int, default=ServingSettings.max_running_requests)
+    parser.add_argument("--vae-chunking", default=GPU_VAE_CHUNKING)
+    parser.add_argument("--vae-fp32", action="store_true", help="build the VAE engines in fp32")
+    parser.add_argument("--address", default="127.0.0.1", help="bind address (default: loopback only)")
+    parser.add_argument("--http-port", type=int, default=8000)
+    parser.add_argument("--grpc-port", type=int, default=8001)
+    parser.add_argument("--metrics-port", type=int, default=8002)
+    parser.add_argument("--build-dir", type=Path, default=ROOT / "build")
+    parser.add_argument("--prepare-only", action="store_true", help="export, build and render, then exit")
+
+
+def admin_key() -> str:
+    """SYNERDIFF_ADMIN_KEY, else a random key nobody knows (as perf/server.py)."""
+    return os.environ.get("SYNERDIFF_ADMIN_KEY") or secrets.token_hex(16)
+
+
+def gpu_server_command(repository: Path, pools: MemoryPools, address: str = "127.0.0.1",
+                       ports: tuple[int, int, int] = (8000, 8001, 8002), key: str | None = None,
+                       tritonserver: str = TRITONSERVER) -> list[str]:
+    """The tritonserver command line for a GPU repository (the container's own backends directory)."""
+    http, grpc, metrics = ports
+    restricted = f"{','.join(RESTRICTED_APIS)}:{ADMIN_KEY_HEADER}={key or admin_key()}"
+    return [
+        tritonserver,
+        f"--model-repository={repository.resolve()}",
+        "--model-control-mode=none",
+        f"--http-address={address}", f"--http-port={http}",
+        f"--grpc-address={address}", f"--grpc-port={grpc}",
+        f"--metrics-address={address}", f"--metrics-port={metrics}",
+        "--allow-metrics=true", "--allow-cpu-metrics=false", "--allow-gpu-metrics=true",
+        f"--http-restricted-api={restricted}", f"--grpc-restricted-protocol={restricted}",
+        *pools.server_flags(),
+        "--exit-timeout-secs=10",
+        "--log-verbose=0",
+    ]
+
+
+def _device_name() -> str:
+    import torch
+
+    return torch.cuda.get_device_name(0) if torch.cuda.is_available() else ""
+
+
+def engines_usable(model_dir: Path, max_running_requests: int, tensorrt_version: str, device: str) -> bool:
+    """True if the engines in `model_dir` were built by this TensorRT, for this GPU, covering this bound."""
+    engines = read_engines(model_dir)
+    return (engines is not None and engines.get("tensorrt_version") == tensorrt_version
+            and engines.get("device") == device and int(engines["max_running_requests"]) >= max_running_requests)
+
+
+def choose_target(requested: str) -> str:
+    if requested != "auto":
+        return requested
+    try:
+        import_tensorrt()
+    except TensorRTUnavailable:
+        return "gpu-torch"
+    return "gpu"
+
+
+def prepare(args: argparse.Namespace) -> tuple[Path, MemoryPools]:
+    """Export, build, render; returns the repository and the memory pools to serve it with."""
+    from export.exporter import export_models
+
+    name = args.checkpoint.name if args.checkpoint else args.preset
+    model_dir = export_models(args.checkpoint or args.preset, args.build_dir / "models" / name, seed=0)
+    target = choose_target(args.target)
+    if target == "gpu":
+        trt, device = import_tensorrt(), _device_name()
+        if not engines_usable(model_dir, args.max_running_requests, str(trt.__version__), device):
+            build_engines(model_dir, args.max_running_requests, vae_fp16=not args.vae_fp32, trt=trt,
+                          device_name=device)
+    if needs_profile(args.policy) and args.profile is None:
+        raise SystemExit(f"policy {args.policy!r} needs --profile (a latency profile of these models on this GPU), "
+                         f"or choose --policy continuous")
+    settings = ServingSettings(policy=args.policy, max_waiting_requests=args.max_waiting_requests,
+                               max_running_requests=args.max_running_requests, vae_chunking=args.vae_chunking)
+    if args.profile is not None:
+        settings = replace(settings, profile=str(args.profile.resolve()))
+    repository = render_repository(model_dir, args.build_dir / "repository" / f"{name}-{target}", target, settings)
+    manifest = json.loads((model_dir / "manifest.json").read_text())
+    print(f"rendered {target} repository at {repository}", flush=True)
+    return repository, memory_pools(manifest, args.max_running_requests, args.vae_chunking)
+
+
+def run(args: argparse.Namespace) -> int:
+    repository, pools = prepare(args)
+    if args.prepare_only:
+        return 0
+    key = admin_key()
+    command = gpu_server_command(repository, pools, args.address, (args.http_port, args.grpc_port, args.metrics_port),
+                                 key)
+    print(f"serving: {' '.join(command).replace(key, '<admin key>')}", flush=True)
+    os.execv(command[0], command)
+    return 0  # not reached
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(prog="python -m perf.serve_gpu", description=__doc__)
+    add_arguments(parser)
+    return run(parser.parse_args())
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
