@@ -93,11 +93,12 @@ def test_rendering_replaces_what_was_in_the_output_dir(tmp_path: Path) -> None:
 def test_unknown_target_raises_and_leaves_the_output_dir_alone(tmp_path: Path) -> None:
     out = tmp_path / "repo"
     (out / "keep").mkdir(parents=True)
+    model_dir = fake_model_dir(tmp_path)
     with pytest.raises(RenderError, match="unknown target 'tpu'; choose one of cpu, gpu"):
-        render_repository(fake_model_dir(tmp_path), out, target="tpu", settings=PROFILED)
+        render_repository(model_dir, out, target="tpu", settings=PROFILED)
     assert (out / "keep").is_dir()
     with pytest.raises(RenderError, match="needs TensorRT engines"):  # a known target whose files are missing
-        render_repository(fake_model_dir(tmp_path), out, target="gpu", settings=PROFILED)
+        render_repository(model_dir, out, target="gpu", settings=PROFILED)
     assert (out / "keep").is_dir()
 
 
