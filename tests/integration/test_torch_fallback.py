@@ -26,7 +26,7 @@ REQUESTS = [
     GenerationRequest(prompt="a grey cat", num_steps=3, guidance_scale=1.0, seed=32, height=48, width=80,
                       sampler="euler"),
 ]
-# float32 torch and ONNX Runtime differ by about 1e-6 per call (tests/unit/test_torch_fallback.py); after a few
+# float32 torch and ONNX Runtime differ by about 1e-6 per call (tests/unit/test_torch_runner.py); after a few
 # steps and the uint8 rounding of the image that is at most one level on a few pixels.
 MAX_LEVEL_DIFFERENCE = 2
 
