@@ -44,7 +44,8 @@ def test_torch_targets_swap_the_four_models_for_torch_ones(tiny_dir: Path, tmp_p
         assert f'"{"cuda" if on_gpu else "cpu"}"' in config
         assert f"kind: {'KIND_GPU' if on_gpu else 'KIND_CPU'}" in config
         assert "torch_models" in (torch / model / "1" / "model.py").read_text()
-    graphs = re.search(r'"max_cuda_graphs" value: \{ string_value: "(\d+)"', (torch / "unet" / "config.pbtxt").read_text())
+    unet = (torch / "unet" / "config.pbtxt").read_text()
+    graphs = re.search(r'"max_cuda_graphs" value: \{ string_value: "(\d+)"', unet)
     assert graphs is not None and (int(graphs.group(1)) > 0) == on_gpu
     for model in models(cpu) - set(SWAPPED):  # the loop, preprocessing and the ensemble are the same everywhere
         assert (torch / model / "config.pbtxt").read_text() == (cpu / model / "config.pbtxt").read_text()

@@ -146,7 +146,8 @@ class FakeLogger:
 
 def fake_tensorrt(version: str = "10.5.0") -> Any:
     return SimpleNamespace(
-        __version__=version, Logger=FakeLogger, Builder=FakeBuilder, OnnxParser=FakeParser, BuilderFlag=SimpleNamespace(FP16="FP16"),
+        __version__=version, Logger=FakeLogger, Builder=FakeBuilder, OnnxParser=FakeParser,
+        BuilderFlag=SimpleNamespace(FP16="FP16"),
         MemoryPoolType=SimpleNamespace(WORKSPACE="WORKSPACE"),
         NetworkDefinitionCreationFlag=SimpleNamespace(EXPLICIT_BATCH=0))
 
