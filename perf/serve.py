@@ -9,15 +9,13 @@ no stub or shared-memory region outlives it, even when a client holds a gRPC str
 from __future__ import annotations
 
 import argparse
-import signal
-import threading
 from dataclasses import replace
 from pathlib import Path
 
 from export.exporter import export_models
 from export.render import ServingSettings, render_repository
 from perf.profile import ensure_profile
-from perf.server import Ports, TritonServer
+from perf.server import Ports, TritonServer, serve_in_foreground
 from scheduler_backend.policies import POLICIES
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -59,16 +57,8 @@ def run(args: argparse.Namespace) -> int:
     repository = render_repository(model_dir, args.build_dir / "repository" / name, settings=settings)
     server = TritonServer(repository, Ports(args.http_port, args.grpc_port, args.metrics_port), log_path=None,
                           address=args.address)
-    print(f"serving {model_dir} from {repository} on {args.address}", flush=True)
-    stop = threading.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: stop.set())
-    server.start(supervise=True)
-    print("ready", flush=True)
-    stop.wait()
-    code = server.stop()
-    print(f"stopped (tritonserver exit code {code})", flush=True)
-    return 0 if code == 0 else 1
+    print(f"serving {model_dir} from {repository}", flush=True)
+    return serve_in_foreground(server)
 
 
 def main() -> int:

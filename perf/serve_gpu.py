@@ -3,7 +3,8 @@
 Steps, each skipped when its result is already there: export the preset or checkpoint (ONNX graphs and torch
 modules), build the TensorRT engines for this GPU and bound (target `gpu`; only when `tensorrt` is importable,
 else the torch fallback `gpu-torch` is served), render the repository, then exec the container's tritonserver with
-the memory pools sized for the export (export/gpu_memory.py). `--prepare-only` stops before serving (a build step,
+the memory pools sized for the export (export/gpu_memory.py), supervised as on CPU (perf/server.py: the watchdog
+restarts the server when a stub dies; SIGTERM stops it cleanly). `--prepare-only` stops before serving (a build step,
 a Kubernetes init container).
 
 Defaults for a GPU differ from the CPU launcher (perf/serve.py) in one place: VAE chunking `tiles:2x2:4`. The loop
@@ -18,20 +19,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import secrets
 from dataclasses import replace
 from pathlib import Path
 
 from export.gpu_memory import MemoryPools, memory_pools
 from export.render import ServingSettings, render_repository
 from export.tensorrt_build import TensorRTUnavailable, build_engines, import_tensorrt, read_engines
+from perf.server import Ports, TritonServer, serve_in_foreground
 from scheduler_backend.policies import POLICIES, needs_profile
 
 ROOT = Path(__file__).resolve().parents[1]
 TRITONSERVER = "/opt/tritonserver/bin/tritonserver"  # in the NGC container
-RESTRICTED_APIS = ("model-repository", "shared-memory", "trace", "logging")  # as perf/server.py (a test pins it)
-ADMIN_KEY_HEADER = "synerdiff-admin-key"
 GPU_VAE_CHUNKING = "tiles:2x2:4"
 
 
@@ -54,32 +52,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--metrics-port", type=int, default=8002)
     parser.add_argument("--build-dir", type=Path, default=ROOT / "build")
     parser.add_argument("--prepare-only", action="store_true", help="export, build and render, then exit")
-
-
-def admin_key() -> str:
-    """SYNERDIFF_ADMIN_KEY, else a random key nobody knows (as perf/server.py)."""
-    return os.environ.get("SYNERDIFF_ADMIN_KEY") or secrets.token_hex(16)
-
-
-def gpu_server_command(repository: Path, pools: MemoryPools, address: str = "127.0.0.1",
-                       ports: tuple[int, int, int] = (8000, 8001, 8002), key: str | None = None,
-                       tritonserver: str = TRITONSERVER) -> list[str]:
-    """The tritonserver command line for a GPU repository (the container's own backends directory)."""
-    http, grpc, metrics = ports
-    restricted = f"{','.join(RESTRICTED_APIS)}:{ADMIN_KEY_HEADER}={key or admin_key()}"
-    return [
-        tritonserver,
-        f"--model-repository={repository.resolve()}",
-        "--model-control-mode=none",
-        f"--http-address={address}", f"--http-port={http}",
-        f"--grpc-address={address}", f"--grpc-port={grpc}",
-        f"--metrics-address={address}", f"--metrics-port={metrics}",
-        "--allow-metrics=true", "--allow-cpu-metrics=false", "--allow-gpu-metrics=true",
-        f"--http-restricted-api={restricted}", f"--grpc-restricted-protocol={restricted}",
-        *pools.server_flags(),
-        "--exit-timeout-secs=10",
-        "--log-verbose=0",
-    ]
 
 
 def _device_name() -> str:
@@ -130,16 +102,19 @@ def prepare(args: argparse.Namespace) -> tuple[Path, MemoryPools]:
     return repository, memory_pools(manifest, args.max_running_requests, args.vae_chunking)
 
 
+def gpu_server(repository: Path, pools: MemoryPools, address: str, ports: Ports) -> TritonServer:
+    """The container's tritonserver on a GPU repository, under the same supervisor and flags as on CPU, plus the
+    memory pools and GPU metrics; its log goes to stdout."""
+    return TritonServer(repository, ports, log_path=None, address=address, tritonserver=TRITONSERVER,
+                        gpu_metrics=True, extra_flags=pools.server_flags())
+
+
 def run(args: argparse.Namespace) -> int:
     repository, pools = prepare(args)
     if args.prepare_only:
         return 0
-    key = admin_key()
-    command = gpu_server_command(repository, pools, args.address, (args.http_port, args.grpc_port, args.metrics_port),
-                                 key)
-    print(f"serving: {' '.join(command).replace(key, '<admin key>')}", flush=True)
-    os.execv(command[0], command)
-    return 0  # not reached
+    return serve_in_foreground(gpu_server(repository, pools, args.address,
+                                          Ports(args.http_port, args.grpc_port, args.metrics_port)))
 
 
 def main() -> int:

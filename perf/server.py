@@ -26,10 +26,15 @@ import time
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
-import pytriton
 
-TRITON_HOME = Path(pytriton.__file__).parent / "tritonserver"
+
+def pytriton_home() -> Path:
+    """The tritonserver inside the nvidia-pytriton wheel (imported only when used: the NGC container has its own)."""
+    import pytriton
+
+    return Path(pytriton.__file__).parent / "tritonserver"
 
 
 @dataclass(frozen=True)
@@ -73,20 +78,31 @@ def admin_key() -> str:
 
 
 def server_command(repository: Path, ports: Ports, address: str = "127.0.0.1",
-                   exit_timeout_s: int = 10, log_verbose: int = 0, key: str | None = None) -> list[str]:
+                   exit_timeout_s: int = 10, log_verbose: int = 0, key: str | None = None, *,
+                   tritonserver: str | None = None, gpu_metrics: bool = False,
+                   extra_flags: Sequence[str] = ()) -> list[str]:
+    """The tritonserver command line. `tritonserver` None runs the nvidia-pytriton wheel's server with its
+    backends; a path (the NGC container's) runs that one with its own backends. `extra_flags` follow the rest
+    (the GPU memory pools)."""
     restricted = f"{','.join(RESTRICTED_APIS)}:{ADMIN_KEY_HEADER}={key or admin_key()}"
+    if tritonserver is None:
+        home = pytriton_home()
+        binary = [str(home / "bin" / "tritonserver"), f"--backend-directory={home / 'backends'}"]
+    else:
+        binary = [tritonserver]
     return [
-        str(TRITON_HOME / "bin" / "tritonserver"),
+        binary[0],
         f"--model-repository={repository.resolve()}",
-        f"--backend-directory={TRITON_HOME / 'backends'}",
+        *binary[1:],
         "--model-control-mode=none",
         f"--http-address={address}", f"--http-port={ports.http}",
         f"--grpc-address={address}", f"--grpc-port={ports.grpc}",
         f"--metrics-address={address}", f"--metrics-port={ports.metrics}",
-        "--allow-metrics=true", "--allow-cpu-metrics=false", "--allow-gpu-metrics=false",
+        "--allow-metrics=true", "--allow-cpu-metrics=false", f"--allow-gpu-metrics={str(gpu_metrics).lower()}",
         f"--http-restricted-api={restricted}", f"--grpc-restricted-protocol={restricted}",
         f"--exit-timeout-secs={exit_timeout_s}",
         f"--log-verbose={log_verbose}",
+        *extra_flags,
     ]
 
 
@@ -119,8 +135,10 @@ class TritonServer:
     """
 
     def __init__(self, repository: Path, ports: Ports, log_path: Path | None, exit_timeout_s: int = 10,
-                 admin_key: str | None = None, address: str = "127.0.0.1") -> None:
+                 admin_key: str | None = None, address: str = "127.0.0.1", *, tritonserver: str | None = None,
+                 gpu_metrics: bool = False, extra_flags: Sequence[str] = ()) -> None:
         self.repository, self.ports, self.log_path, self.address = repository, ports, log_path, address
+        self.tritonserver, self.gpu_metrics, self.extra_flags = tritonserver, gpu_metrics, tuple(extra_flags)
         self.exit_timeout_s = exit_timeout_s
         self.admin_key = admin_key
         self.process: subprocess.Popen[bytes] | None = None
@@ -142,7 +160,8 @@ class TritonServer:
 
     def _launch(self, ready_timeout_s: float) -> None:
         command = server_command(self.repository, self.ports, self.address, exit_timeout_s=self.exit_timeout_s,
-                                 key=self.admin_key)
+                                 key=self.admin_key, tritonserver=self.tritonserver, gpu_metrics=self.gpu_metrics,
+                                 extra_flags=self.extra_flags)
         if self.log_path is None:
             self.process = subprocess.Popen(command, env=server_environment())
         else:
@@ -243,6 +262,20 @@ class TritonServer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def serve_in_foreground(server: TritonServer) -> int:
+    """Run `server` under its watchdog until SIGTERM or SIGINT, then stop it cleanly; 0 if it exited cleanly."""
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    server.start(supervise=True)
+    print(f"ready: HTTP {server.address}:{server.ports.http}, gRPC {server.address}:{server.ports.grpc}, "
+          f"metrics {server.address}:{server.ports.metrics}", flush=True)
+    stop.wait()
+    code = server.stop()
+    print(f"stopped (tritonserver exit code {code})", flush=True)
+    return 0 if code == 0 else 1
 
 
 def child_pids(pid: int) -> list[int]:

@@ -22,8 +22,12 @@ def flags(command: list[str]) -> dict[str, str]:
 
 
 def test_gpu_command_keeps_the_cpu_launchers_flags_and_adds_the_pools(tmp_path: Path) -> None:
-    gpu = flags(serve_gpu.gpu_server_command(tmp_path, POOLS, "0.0.0.0", (8000, 8001, 8002), key="k"))
+    server = serve_gpu.gpu_server(tmp_path, POOLS, "0.0.0.0", Ports(8000, 8001, 8002))
+    assert server.log_path is None  # the container's log goes to stdout
+    gpu = flags(server_command(tmp_path, server.ports, server.address, key="k", tritonserver=server.tritonserver,
+                               gpu_metrics=server.gpu_metrics, extra_flags=server.extra_flags))
     cpu = flags(server_command(tmp_path, Ports(8000, 8001, 8002), "0.0.0.0", key="k"))
+    assert server.tritonserver == "/opt/tritonserver/bin/tritonserver"
     differing = {name for name in cpu if gpu.get(name) != cpu[name]}
     assert differing == {"--backend-directory", "--allow-gpu-metrics"}  # the container's backends; GPU metrics on
     assert "--backend-directory" not in gpu and gpu["--allow-gpu-metrics"] == "true"
