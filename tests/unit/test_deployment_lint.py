@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from export.render import ServingSettings, render_repository
+import perf.server
 from perf import serve
 from perf.server import ADMIN_KEY_HEADER, Ports, server_command
 
@@ -91,31 +92,65 @@ def test_the_admin_key_comes_from_the_environment_or_the_caller(monkeypatch: pyt
     assert restriction(explicit["http-restricted-api"])[2] == "passed-in"
 
 
-def test_serve_defaults_to_loopback_and_passes_the_address_through(monkeypatch: pytest.MonkeyPatch,
-                                                                    tmp_path: Path) -> None:
+class Launched(Exception):
+    """Raised instead of starting tritonserver; carries the command line it would have run."""
+
+    def __init__(self, command: list[str]) -> None:
+        super().__init__(command)
+        self.command = command
+
+
+def launched_flags(monkeypatch: pytest.MonkeyPatch, module: Any, args: argparse.Namespace) -> dict[str, str]:
+    """The flags `module.run(args)` would start tritonserver with: everything runs except the process itself."""
+    def popen(command: list[str], *_: Any, **__: Any) -> None:
+        raise Launched(list(command))
+
+    monkeypatch.setattr(perf.server.subprocess, "Popen", popen)
+    monkeypatch.setattr(module, "serve_in_foreground", lambda server: server.start())  # no signal handlers
+    monkeypatch.delenv("SYNERDIFF_ADMIN_KEY", raising=False)
+    with pytest.raises(Launched) as launched:
+        module.run(args)
+    return flags(launched.value.command)
+
+
+def default_args(module: Any) -> argparse.Namespace:
     parser = argparse.ArgumentParser()
-    serve.add_arguments(parser)
-    defaults = parser.parse_args([])
-    assert defaults.address == LOOPBACK
-    assert (defaults.http_port, defaults.grpc_port, defaults.metrics_port) == (8000, 8001, 8002)
-    assert (defaults.max_waiting_requests, defaults.max_running_requests) == (64, 16)
+    module.add_arguments(parser)
+    return parser.parse_args([])
 
-    started: list[dict[str, Any]] = []
 
-    class RecordingServer:
-        def __init__(self, repository: Path, ports: Ports, **kwargs: Any) -> None:
-            started.append({"ports": ports, **kwargs})
+def assert_hardened(parsed: dict[str, str]) -> None:
+    assert parsed["model-control-mode"] == "none"
+    assert restriction(parsed["http-restricted-api"])[0] >= ADMIN_APIS
+    assert restriction(parsed["grpc-restricted-protocol"])[0] >= ADMIN_APIS
+    assert parsed["allow-cpu-metrics"] == "false" and int(parsed["exit-timeout-secs"]) > 0
 
-        def start(self, **_: Any) -> RecordingServer:
-            raise SystemExit(0)  # stop before serving
 
+def test_serve_starts_tritonserver_on_loopback_with_the_hardened_flags(monkeypatch: pytest.MonkeyPatch,
+                                                                        tmp_path: Path) -> None:
+    args = default_args(serve)
+    assert (args.address, args.http_port, args.grpc_port, args.metrics_port) == (LOOPBACK, 8000, 8001, 8002)
+    assert (args.max_waiting_requests, args.max_running_requests) == (64, 16)
     monkeypatch.setattr(serve, "export_models", lambda *a, **k: tmp_path)
     monkeypatch.setattr(serve, "serving_profile", lambda *a, **k: tmp_path / "profile.json")
     monkeypatch.setattr(serve, "render_repository", lambda *a, **k: tmp_path / "repository")
-    monkeypatch.setattr(serve, "TritonServer", RecordingServer)
-    with pytest.raises(SystemExit):
-        serve.run(defaults)
-    assert started and started[0].get("address", LOOPBACK) == LOOPBACK
+    parsed = launched_flags(monkeypatch, serve, args)
+    assert {parsed[f"{kind}-address"] for kind in ("http", "grpc", "metrics")} == {LOOPBACK}
+    assert_hardened(parsed)
+    assert parsed["allow-gpu-metrics"] == "false"
+
+
+def test_serve_gpu_defaults_to_loopback_and_keeps_the_hardened_flags(monkeypatch: pytest.MonkeyPatch,
+                                                                     tmp_path: Path) -> None:
+    from export.gpu_memory import MemoryPools
+    from perf import serve_gpu
+
+    args = default_args(serve_gpu)
+    assert args.address == LOOPBACK  # the container's entrypoint passes --address 0.0.0.0 (SECURITY.md)
+    monkeypatch.setattr(serve_gpu, "prepare", lambda _: (tmp_path / "repository", MemoryPools(2**30, 2**28)))
+    parsed = launched_flags(monkeypatch, serve_gpu, args)
+    assert {parsed[f"{kind}-address"] for kind in ("http", "grpc", "metrics")} == {LOOPBACK}
+    assert_hardened(parsed)
 
 
 def test_serve_sh_passes_no_bind_address_or_model_control_flag() -> None:
