@@ -17,7 +17,7 @@ from tests.integration.conftest import start_server
 pytestmark = pytest.mark.integration
 
 REQUESTS = 60  # fewer than the 64 waiting + 16 running places, so none can be rejected for a full queue
-CI_MIX = RequestMix(steps=(3, 5, 8), guided_fraction=0.75,
+CI_MIX = RequestMix(steps=(2, 4, 6), guided_fraction=0.75,
                     sizes=((32, 32), (64, 64), (64, 96), (96, 64), (32, 128)), samplers=("ddim", "euler"))
 
 
