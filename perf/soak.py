@@ -530,6 +530,9 @@ def run(args: argparse.Namespace) -> int:
     except ConnectionError as error:
         print(f"synerdiff soak: {error}", file=sys.stderr)
         return EXIT_UNREACHABLE
+    except RuntimeError as error:  # the server did not start, or the warm-up served no image
+        print(f"synerdiff soak: {error}", file=sys.stderr)
+        return EXIT_FAILED
     finally:
         if server is not None:
             server.stop()
