@@ -18,6 +18,7 @@ from pathlib import Path
 
 import model_repository
 from export.targets import TARGET_SPECS, TARGETS, RepositoryModel, repository_models, target_values
+from scheduler_backend.limits import Limits, ModelSpec
 from scheduler_backend.policies import needs_profile
 
 TEMPLATES_DIR = Path(model_repository.__file__).parent
@@ -49,8 +50,15 @@ def template_values(model_dir: Path, settings: ServingSettings) -> dict[str, str
         "text_max_length": manifest["text"]["max_length"],
         "text_hidden_size": manifest["text"]["hidden_size"],
         **asdict(settings),
+        **{f"{model}_max_input_elements": elements for model, elements in internal_call_elements(manifest, settings).items()},
     }
     return {key: str(value) for key, value in values.items()}
+
+
+def internal_call_elements(manifest: dict[str, object], settings: ServingSettings) -> dict[str, int]:
+    """The input-size bound of each internal model for these serving settings (`Limits.internal_call_elements`)."""
+    limits = Limits(ModelSpec.from_manifest(manifest), max_running_requests=settings.max_running_requests)
+    return limits.internal_call_elements()
 
 
 def fill(template_path: Path, values: dict[str, str]) -> str:

@@ -41,14 +41,25 @@ def intra_op_threads(parameters: Mapping[str, str]) -> int:
     return int(parameters.get("intra_op_threads", "2"))
 
 
-def required_inputs(request: Any, names: Sequence[str]) -> dict[str, np.ndarray]:
-    """The named inputs of a request; InvalidArgument naming the first one the client did not send."""
+def required_inputs(request: Any, names: Sequence[str], max_elements: int | None = None) -> dict[str, np.ndarray]:
+    """The named inputs of a request; InvalidArgument naming the first one the client did not send, or the
+    largest one when together they hold more than `max_elements` values (the `max_input_elements` parameter:
+    the most the engine ever sends in one call, `Limits.internal_call_elements`)."""
     present: dict[str, np.ndarray] = {}
     for name, array in triton_edge.input_arrays(request, names).items():
         if array is None:
             raise InvalidArgument(name, "is required")
         present[name] = array
+    total = sum(array.size for array in present.values())
+    if max_elements is not None and total > max_elements:
+        largest = max(present, key=lambda name: present[name].size)
+        raise InvalidArgument(largest, f"too large: the inputs hold {total} values, at most {max_elements} per call")
     return present
+
+
+def max_input_elements(parameters: Mapping[str, str]) -> int | None:
+    value = parameters.get("max_input_elements")
+    return int(value) if value else None
 
 
 def run_session(model_name: str, session: Any, outputs: Sequence[str], feeds: Mapping[str, np.ndarray]) -> list[Any]:
@@ -78,12 +89,13 @@ class OnnxModel:
         self._inputs, self._outputs = parse_bindings(parameters["bindings"])
         self._session = quiet_session(parameters["onnx_file"], intra_op_threads(parameters))
         self._name = args["model_name"]
+        self._max_elements = max_input_elements(parameters)
 
     def execute(self, requests: list[Any]) -> list[Any]:
         return reply_each(requests, self._infer)
 
     def _infer(self, request: Any) -> dict[str, np.ndarray]:
-        arrays = required_inputs(request, list(self._inputs))
+        arrays = required_inputs(request, list(self._inputs), self._max_elements)
         results = run_session(self._name, self._session, list(self._outputs.values()),
                               {self._inputs[name]: array for name, array in arrays.items()})
         return dict(zip(self._outputs, results))

@@ -15,7 +15,8 @@ from typing import Any, Mapping, NamedTuple
 import numpy as np
 
 from model_repository import triton_edge
-from model_repository.onnx_model import intra_op_threads, quiet_session, reply_each, required_inputs, run_session
+from model_repository.onnx_model import (intra_op_threads, max_input_elements, quiet_session, reply_each,
+                                         required_inputs, run_session)
 from scheduler_backend.errors import InvalidArgument
 from scheduler_backend.limits import read_manifest
 
@@ -50,12 +51,13 @@ class VaeStagesModel:
         self._sessions = [quiet_session(str(path), intra_op_threads(parameters)) for path in graphs.files]
         self._input, self._output = graphs.input, graphs.output
         self._name = args["model_name"]
+        self._max_elements = max_input_elements(parameters)
 
     def execute(self, requests: list[Any]) -> list[Any]:
         return reply_each(requests, self._infer)
 
     def _infer(self, request: Any) -> dict[str, np.ndarray]:
-        arrays = required_inputs(request, [STAGE, HIDDEN])
+        arrays = required_inputs(request, [STAGE, HIDDEN], self._max_elements)
         session = self._sessions[stage_index(arrays[STAGE], len(self._sessions))]
         (hidden_out,) = run_session(self._name, session, [self._output], {self._input: arrays[HIDDEN]})
         return {HIDDEN_OUT: hidden_out}

@@ -18,7 +18,8 @@ from typing import Any, Callable, Mapping
 import numpy as np
 
 from model_repository import triton_edge
-from model_repository.onnx_model import intra_op_threads, parse_bindings, reply_each, required_inputs
+from model_repository.onnx_model import (intra_op_threads, max_input_elements, parse_bindings, reply_each,
+                                         required_inputs)
 from model_repository.staged_vae import HIDDEN, HIDDEN_OUT, STAGE, stage_index
 from scheduler_backend.errors import ExecutionFailed
 
@@ -55,25 +56,28 @@ class TorchGraphModel:
         self._inputs, self._outputs = parse_bindings(parameters["bindings"])
         (self._runner,) = _runners(parameters, args, parameters["graph"])
         self._name = args["model_name"]
+        self._max_elements = max_input_elements(parameters)
 
     def execute(self, requests: list[Any]) -> list[Any]:
         return reply_each(requests, self._infer)
 
     def _infer(self, request: Any) -> dict[str, np.ndarray]:
-        arrays = required_inputs(request, list(self._inputs))
+        arrays = required_inputs(request, list(self._inputs), self._max_elements)
         output = _guarded(self._name, lambda: self._runner([arrays[name] for name in self._inputs]))
         return {next(iter(self._outputs)): output}
 
 
 class TorchVaeStagesModel:
     def initialize(self, args: Mapping[str, str]) -> None:
-        self._runners = _runners(triton_edge.config_parameters(args), args, "vae_stages")
+        parameters = triton_edge.config_parameters(args)
+        self._runners = _runners(parameters, args, "vae_stages")
         self._name = args["model_name"]
+        self._max_elements = max_input_elements(parameters)
 
     def execute(self, requests: list[Any]) -> list[Any]:
         return reply_each(requests, self._infer)
 
     def _infer(self, request: Any) -> dict[str, np.ndarray]:
-        arrays = required_inputs(request, [STAGE, HIDDEN])
+        arrays = required_inputs(request, [STAGE, HIDDEN], self._max_elements)
         runner = self._runners[stage_index(arrays[STAGE], len(self._runners))]
         return {HIDDEN_OUT: _guarded(self._name, lambda: runner([arrays[HIDDEN]]))}

@@ -71,6 +71,29 @@ class Limits:
     queue_timeout_s: float | None = None
     max_request_id_chars: int = 256
 
+    def internal_call_elements(self) -> dict[str, int]:
+        """The most input values the engine ever sends an internal model in one call, by model. The internal
+        models refuse more, so a client calling them directly cannot go past the request limits.
+
+        UNet: 2 rows (with CFG) per running request at the largest latent; text encoder: one request's two token
+        rows; VAE decoder: every running request's latent, times 4 for tiles (their overlaps); a VAE stage: the
+        largest stage input (the latent, or the previous stage's output) for every running request.
+        """
+        spec, running = self.model, self.max_running_requests
+        side = spec.max_size // spec.vae_scale_factor
+        latent = spec.latent_channels * side * side
+        rows = 2 * running
+        stage_inputs = [latent]
+        if spec.vae_stages is not None:
+            stage_inputs += [channels * (side * scale) ** 2
+                             for channels, scale in zip(spec.vae_stages.channels[:-1], spec.vae_stages.scales[:-1])]
+        return {
+            "unet": rows * (latent + 1 + spec.text_max_length * spec.text_hidden_size),
+            "text_encoder": 2 * spec.text_max_length,
+            "vae_decoder": 4 * running * latent,
+            "vae_stages": running * max(stage_inputs) + 1,
+        }
+
     def __post_init__(self) -> None:
         if self.max_waiting_requests < 1 or self.max_running_requests < 1:
             raise ValueError("max_waiting_requests and max_running_requests must be >= 1")

@@ -383,3 +383,27 @@ def test_a_client_holding_its_stream_open_cannot_keep_the_server_or_a_stub_alive
     assert server.process is None
     assert not any(is_alive(stub.pid) for stub in stubs), "an orphaned stub was left"
     assert not any(Path("/dev/shm", region).exists() for region in regions)
+
+
+# -- internal models called directly ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("model", "inputs"), [
+    ("vae_decoder", {"LATENT": np.zeros((1, 4, 2048, 2048), np.float32)}),
+    ("unet", {"SAMPLE": np.zeros((64, 4, 128, 128), np.float32), "TIMESTEP": np.zeros(64, np.float32),
+              "ENCODER_HIDDEN_STATES": np.zeros((64, 77, 32), np.float32)}),
+])
+def test_an_internal_model_refuses_a_call_larger_than_the_engine_ever_makes(
+        server: TritonServer, model: str, inputs: dict[str, np.ndarray]) -> None:
+    client = grpcclient.InferenceServerClient(server.ports.grpc_url)
+    tensors = []
+    for name, array in inputs.items():
+        tensor = grpcclient.InferInput(name, list(array.shape), "FP32")
+        tensor.set_data_from_numpy(array)
+        tensors.append(tensor)
+    with pytest.raises(InferenceServerException) as raised:
+        client.infer(model, tensors)
+    client.close()
+    assert raised.value.status() == "StatusCode.INVALID_ARGUMENT"
+    assert "too large" in raised.value.message() and max(inputs, key=lambda n: inputs[n].size) in raised.value.message()
+    serves_an_image(server)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -18,7 +19,8 @@ MODELS = {"diffusion", "preprocess", "text_encoder", "txt2img", "txt2img_unary",
 def fake_model_dir(root: Path, hidden_size: int = 48, latent_channels: int = 6, max_length: int = 77) -> Path:
     model_dir = root / "model"
     model_dir.mkdir()
-    manifest = {"latent_channels": latent_channels, "text": {"max_length": max_length, "hidden_size": hidden_size}}
+    manifest = {"latent_channels": latent_channels, "text": {"max_length": max_length, "hidden_size": hidden_size},
+                "vae_scale_factor": 8, "size_multiple": 8, "default_size": 512, "max_size": 1024}
     (model_dir / "manifest.json").write_text(json.dumps(manifest))
     return model_dir
 
@@ -159,3 +161,14 @@ def test_synerdiff_needs_a_profile_and_the_diffusion_config_names_it(tmp_path: P
     out = render_repository(model_dir, tmp_path / "repo", settings=PROFILED)
     config = (out / "diffusion" / "config.pbtxt").read_text()
     assert 'string_value: "/profiles/machine.json"' in config and 'string_value: "stages"' in config
+
+
+def test_internal_models_get_the_engines_largest_call_as_their_input_bound(tmp_path: Path) -> None:
+    out = render_repository(fake_model_dir(tmp_path), tmp_path / "repo",
+                            settings=replace(PROFILED, max_running_requests=4))
+    # unet: 2 rows per running request, each a 6 x 128 x 128 latent, a timestep and 77 x 48 text values
+    rows, latent = 2 * 4, 6 * 128 * 128
+    assert f'"max_input_elements" value: {{ string_value: "{rows * (latent + 1 + 77 * 48)}" }}' in config(out, "unet")
+    assert f'"max_input_elements" value: {{ string_value: "{4 * 4 * latent}" }}' in config(out, "vae_decoder")
+    for model in ("text_encoder", "vae_stages"):
+        assert '"max_input_elements"' in config(out, model)
