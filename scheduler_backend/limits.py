@@ -71,6 +71,11 @@ class Limits:
     queue_timeout_s: float | None = None
     max_request_id_chars: int = 256
 
+    @classmethod
+    def from_model_dir(cls, model_dir: Path | str, **serving: Any) -> Limits:
+        """The limits of the exported model in `model_dir`, with the serving bounds given (else the defaults)."""
+        return cls(ModelSpec.from_manifest(read_manifest(model_dir)), **serving)
+
     def internal_call_elements(self) -> dict[str, int]:
         """The most input values the engine ever sends an internal model in one call, by model. The internal
         models refuse more, so a client calling them directly cannot go past the request limits.

@@ -12,7 +12,7 @@ import numpy as np
 
 from model_repository import triton_edge
 from scheduler_backend.errors import ExecutionFailed, InvalidArgument, SynerDiffError
-from scheduler_backend.limits import Limits, ModelSpec, read_manifest
+from scheduler_backend.limits import Limits
 from scheduler_backend.request import STOP_REQUEST_ID, STOPPED, validate_request_id
 
 REQUEST_ID = "REQUEST_ID"
@@ -20,8 +20,7 @@ REQUEST_ID = "REQUEST_ID"
 
 class TritonPythonModel:
     def initialize(self, args: Mapping[str, str]) -> None:
-        manifest = read_manifest(triton_edge.config_parameters(args)["model_dir"])
-        self._limits = Limits(ModelSpec.from_manifest(manifest))
+        self._limits = Limits.from_model_dir(triton_edge.config_parameters(args)["model_dir"])
 
     def execute(self, requests: list[Any]) -> None:
         for request, sender in triton_edge.iter_requests(requests):

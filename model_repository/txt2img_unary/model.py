@@ -17,7 +17,7 @@ import numpy as np
 
 from model_repository import triton_edge
 from scheduler_backend.errors import ExecutionFailed, SynerDiffError
-from scheduler_backend.limits import Limits, ModelSpec, read_manifest
+from scheduler_backend.limits import Limits
 from scheduler_backend.request import (GENERATION_INPUTS, PROGRESS, PROMPT_EMBEDS, REQUEST_PARAMETERS, validate_generation,
                                        validate_parameters, validate_request_id)
 
@@ -27,8 +27,7 @@ _OUTPUTS = ("IMAGE", "STEP", "SEED_USED")
 
 class TritonPythonModel:
     def initialize(self, args: Mapping[str, str]) -> None:
-        manifest = read_manifest(triton_edge.config_parameters(args)["model_dir"])
-        self._limits = Limits(ModelSpec.from_manifest(manifest))
+        self._limits = Limits.from_model_dir(triton_edge.config_parameters(args)["model_dir"])
 
     def execute(self, requests: list[Any]) -> None:
         for request, sender in triton_edge.iter_requests(requests):
