@@ -144,6 +144,7 @@ class TritonServer:
         self.process: subprocess.Popen[bytes] | None = None
         self.stubs: list[Stub] = []
         self.restarts = 0
+        self.gave_up = threading.Event()  # set when the watchdog could not restart the server
         self._lock = threading.RLock()
         self._stopping = threading.Event()
         self._watchdog: threading.Thread | None = None
@@ -209,6 +210,7 @@ class TritonServer:
                     self._launch(ready_timeout_s)
                 except (RuntimeError, TimeoutError) as error:
                     print(f"watchdog: restart failed: {error}", file=sys.stderr, flush=True)
+                    self.gave_up.set()
                     return
 
     def stop(self, grace_s: float | None = None) -> int | None:
@@ -265,17 +267,19 @@ class TritonServer:
 
 
 def serve_in_foreground(server: TritonServer) -> int:
-    """Run `server` under its watchdog until SIGTERM or SIGINT, then stop it cleanly; 0 if it exited cleanly."""
+    """Run `server` under its watchdog until SIGTERM or SIGINT, then stop it cleanly; 0 if it exited cleanly,
+    1 otherwise or when the watchdog could not restart it (so that a container runtime restarts the process)."""
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
     server.start(supervise=True)
     print(f"ready: HTTP {server.address}:{server.ports.http}, gRPC {server.address}:{server.ports.grpc}, "
           f"metrics {server.address}:{server.ports.metrics}", flush=True)
-    stop.wait()
+    while not stop.wait(1.0) and not server.gave_up.is_set():
+        pass
     code = server.stop()
     print(f"stopped (tritonserver exit code {code})", flush=True)
-    return 0 if code == 0 else 1
+    return 0 if code == 0 and not server.gave_up.is_set() else 1
 
 
 def child_pids(pid: int) -> list[int]:

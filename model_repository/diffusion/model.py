@@ -118,11 +118,12 @@ class TritonPythonModel:
                               else np.array(fields[PROMPT_EMBEDS], dtype=np.float32))
             finally:
                 del self._intake[request_id]
+                stopped_meanwhile = request_id in self._stopped_in_intake
+                self._stopped_in_intake.discard(request_id)
             if self._closing:
                 raise Overloaded("the server is shutting down")
-            if request_id in self._stopped_in_intake or request.is_cancelled():
-                self._stopped_in_intake.discard(request_id)
-                raise Cancelled("request cancelled before it was queued")
+            if stopped_meanwhile or request.is_cancelled():
+                raise Cancelled("before it was queued")
             self._engine.add(request_id, params, embeddings, options.queue_timeout_s)
         except SynerDiffError as error:
             self._metrics.rejected(error)
