@@ -63,9 +63,10 @@ CANCEL_GRACE_S = 5.0  # how long to wait for the stream to report CANCELLED afte
 DEADLINE_GRACE_S = 2.0  # the stream deadline normally fires first; this is the backstop's slack
 HTTP_CONNECT_TIMEOUT_S = 10.0
 HTTP_NO_TIMEOUT_S = 24 * 3600.0  # geventhttpclient needs a number; "no timeout" is a day
-# With this header Triton (>= 24.09) ends a stream with the error's gRPC status; without it the
-# error comes in-band with no code at all. One request per stream makes closing on error harmless.
-GRPC_STREAM_HEADERS = {"triton_grpc_error": "true"}
+# Streams are opened without the `triton_grpc_error` header: with it Triton ends a stream with the error's gRPC
+# status, but 2.51's gRPC frontend can crash (SIGSEGV in ModelStreamInferHandler::Process) on such streams
+# (tests/integration/test_input_hostility.py). Without it an error comes in-band, and its code is read from
+# the message (client/errors.py), which the server words for that ("...; retry later", "request cancelled").
 
 InferInputType = type[grpcclient.InferInput] | type[httpclient.InferInput]
 
@@ -146,7 +147,7 @@ class DiffusionClient:
         started_s = time.perf_counter()
         try:
             client.start_stream(
-                callback=collector, stream_timeout=timeout_s, headers=GRPC_STREAM_HEADERS
+                callback=collector, stream_timeout=timeout_s
             )
             try:
                 client.async_stream_infer(self.model, inputs, enable_empty_final_response=True)

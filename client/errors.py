@@ -54,12 +54,15 @@ _HTTP_CODES: dict[str, ErrorCode] = {
 
 
 def _code_from_message(message: str) -> ErrorCode:
+    """The code of an in-band stream error, from its wording: the server ends an overload with "retry later"
+    and starts a cancellation with "request cancelled"; validation errors say what the field must be."""
     text = message.lower()
     if "cancel" in text:
         return "CANCELLED"
-    if "unavailable" in text or "queue" in text:
+    if "retry later" in text or "unavailable" in text or "queue size" in text or "not ready" in text:
         return "UNAVAILABLE"
-    if "invalid" in text or "expected" in text or "must " in text or "out of range" in text:
+    if any(word in text for word in ("invalid", "expected", "must ", "out of range", "is required",
+                                     "not a known", "unexpected")):
         return "INVALID_ARGUMENT"
     return "INTERNAL"
 

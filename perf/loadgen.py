@@ -9,10 +9,10 @@ Invariants:
   around it (replay asserts it before returning);
 - times are seconds from the start of the replay on the event loop's monotonic clock; `arrival_s` is the
   scheduled offset, not the moment the request went out, so a late send counts against the latency;
-- one gRPC stream (RPC) per request, all on one channel. Triton 2.51 with the `triton_grpc_error` header ends
-  a stream with the error's gRPC status at the first error, which on a shared stream would end every request
-  on it; without the header an error comes in-band with neither a status nor the request id. A stream per
-  request makes every status attributable, and a client-side timeout cancels exactly that request server-side;
+- one gRPC stream (RPC) per request, all on one channel. Errors come in-band with neither a status nor the
+  request id (no `triton_grpc_error` header: it can crash Triton 2.51, see client/api.py), so their code is read
+  from the message; a stream per request makes every error attributable, and a client-side timeout cancels
+  exactly that request server-side;
 - outcomes (perf.report.OUTCOMES): "image" (a final response carrying an image), "rejected" (UNAVAILABLE: the
   waiting queue is full or the server is going away), "cancelled" (CANCELLED), "error" (anything else: an
   invalid argument, a client-side timeout, a stream that ended without an image, an unexpected exception).
@@ -28,7 +28,7 @@ import tritonclient.grpc as grpcclient
 import tritonclient.grpc.aio as aiogrpc
 from tritonclient.utils import InferenceServerException
 
-from client.api import GRPC_STREAM_HEADERS, infer_inputs
+from client.api import infer_inputs
 from client.contract import STREAMING_MODEL, GenerationRequest, decode_result
 from client.errors import GenerationError, error_from_exception
 from client.stream import final_flag
@@ -56,7 +56,7 @@ def outcome_of(error: GenerationError) -> str:
 
 
 def grpc_failure(rpc_error: grpc.RpcError) -> GenerationError:
-    """The GenerationError for a stream that ended with a non-OK gRPC status (the `triton_grpc_error` header)."""
+    """The GenerationError for a stream that ended with a non-OK gRPC status (the transport failed or was cancelled)."""
     code = rpc_error.code() if callable(getattr(rpc_error, "code", None)) else None
     details = rpc_error.details() if callable(getattr(rpc_error, "details", None)) else str(rpc_error)
     return error_from_exception(InferenceServerException(msg=details or str(rpc_error),
@@ -87,11 +87,11 @@ class _Exchange:
 
         The request iterator ends after the one request (a half-close), so Triton ends the RPC once the request
         is complete; draining to that end leaves nothing open. An RPC left unfinished is cancelled."""
-        responses = self.client.stream_infer(self._requests(), headers=GRPC_STREAM_HEADERS)
+        responses = self.client.stream_infer(self._requests())
         ended = False
         try:
             async for result, error in responses:
-                if error is not None:  # in-band: only without the header; the code is guessed from the text
+                if error is not None:  # in-band: the code is read from the message
                     self.finish(outcome_of(error_from_exception(error)))
                 elif self.finished_s is None:
                     self._on_response(result)

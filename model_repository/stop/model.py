@@ -13,7 +13,7 @@ import numpy as np
 from model_repository import triton_edge
 from scheduler_backend.errors import ExecutionFailed, InvalidArgument, SynerDiffError
 from scheduler_backend.limits import Limits
-from scheduler_backend.request import STOP_REQUEST_ID, STOPPED, validate_request_id
+from scheduler_backend.request import STOP_REQUEST_ID, STOPPED, validate_parameters, validate_request_id
 
 REQUEST_ID = "REQUEST_ID"
 
@@ -29,6 +29,7 @@ class TritonPythonModel:
 
     def _stop(self, request: Any) -> dict[str, np.ndarray] | SynerDiffError:
         try:
+            validate_parameters(triton_edge.request_parameters(request), self._limits)
             array = triton_edge.input_arrays(request, (REQUEST_ID,))[REQUEST_ID]
             if array is None or array.size != 1:
                 raise InvalidArgument(REQUEST_ID, "must hold exactly one string")

@@ -345,6 +345,22 @@ def test_killing_the_unet_stub_fails_in_flight_requests_clearly_and_the_server_r
         server.stop()
 
 
+def test_a_crashed_server_is_restarted_by_the_supervisor(tiny_models: Path) -> None:
+    """tritonserver itself dying (2.51's gRPC frontend can SIGSEGV; see test_input_hostility.py) is met like a
+    dead stub: the watchdog starts it again on the same ports, leaving no stub or shm of the old one."""
+    server = start_server(tiny_models, "server-crash", ServingSettings(policy="continuous"), supervise=True)
+    try:
+        assert server.process is not None
+        stubs, regions = list(server.stubs), server_regions(server)
+        os.kill(server.process.pid, signal.SIGSEGV)
+        eventually(lambda: server.restarts == 1 and server.is_ready(), "the server did not come back", 120)
+        serves_an_image(server)
+        assert not any(is_alive(stub.pid) for stub in stubs), "a stub of the crashed server lives on"
+        assert not any(Path("/dev/shm", region).exists() for region in regions), "shm of the crashed server left"
+    finally:
+        server.stop()
+
+
 # -- shutdown ---------------------------------------------------------------------------------------
 
 
