@@ -130,7 +130,8 @@ class TritonServer:
     that died (kill -9, OOM killer); its model keeps failing with "Stub process ... is not healthy" while
     the server still reports ready. The watchdog notices a dead stub (or server) within `poll_s`, stops
     the server (every live request gets its final response from `diffusion`'s finalize), removes the
-    shared memory left behind and starts the server again on the same ports; `restarts` counts it.
+    shared memory left behind and starts the server again on the same ports; `restarts` counts the restarts
+    that succeeded.
     `log_path` None sends the server's log to this process's stdout.
     """
 
@@ -205,13 +206,13 @@ class TritonServer:
                 what = ", ".join(stub.instance for stub in dead) or "the server"
                 print(f"watchdog: {what} died; restarting tritonserver", file=sys.stderr, flush=True)
                 self._stop_process()
-                self.restarts += 1
                 try:
                     self._launch(ready_timeout_s)
                 except (RuntimeError, TimeoutError) as error:
                     print(f"watchdog: restart failed: {error}", file=sys.stderr, flush=True)
                     self.gave_up.set()
                     return
+                self.restarts += 1  # counted once the new server is ready and its stubs are known
 
     def stop(self, grace_s: float | None = None) -> int | None:
         """SIGTERM, wait, then kill what is left. Returns the server's exit code (None if killed)."""
