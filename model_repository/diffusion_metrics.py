@@ -32,6 +32,7 @@ def outcome_label(error: SynerDiffError | None) -> str:
 class DiffusionMetrics:
     def __init__(self, factory: MetricFactory) -> None:
         self._factory = factory  # owns the metric families, which must outlive their metrics
+        self._closed = False
         self._queue = factory.gauge("synerdiff_waiting_requests", "Requests waiting to join the batch")
         self._running = factory.gauge("synerdiff_running_requests", "Requests admitted and not finished")
         self._vae_backlog = factory.gauge("synerdiff_vae_backlog_images", "Denoised images waiting for VAE decode")
@@ -52,7 +53,18 @@ class DiffusionMetrics:
         self._outcomes = factory.counters("synerdiff_requests_total", "Requests by final outcome", "outcome",
                                           _OUTCOMES)
 
+    def close(self) -> None:
+        """Release the Triton metric objects while the stub still runs, each metric before its family
+        (python_backend#254). Left to the stub's exit they crash it with SIGSEGV (server#8662, seen on 2.51 at
+        every shutdown). Every later call is a no-op."""
+        self._closed = True
+        for name in [name for name in vars(self) if name not in ("_factory", "_closed")]:
+            setattr(self, name, None)
+        self._factory.close()
+
     def step(self, report: StepReport, engine: Engine) -> None:
+        if self._closed:
+            return
         self._queue.set(engine.num_waiting)
         self._running.set(engine.num_denoising + engine.num_decoding)
         self._vae_backlog.set(engine.num_decoding)
@@ -71,9 +83,13 @@ class DiffusionMetrics:
                 counter.increment(amount)
 
     def finished(self, event: RequestFinished, latency_s: float) -> None:
+        if self._closed:
+            return
         self._outcomes[outcome_label(event.error)].increment(1)
         if event.error is None:
             self._e2e_latency.observe(latency_s)
 
     def rejected(self, error: SynerDiffError) -> None:
+        if self._closed:
+            return
         self._outcomes[outcome_label(error)].increment(1)

@@ -224,6 +224,10 @@ class MetricFactory:
         self._families.append(family)
         return family
 
+    def close(self) -> None:
+        """Drop the families (after the metrics made from them)."""
+        self._families.clear()
+
     def gauge(self, name: str, description: str) -> Any:
         return self._family(name, description, "GAUGE").Metric(labels=self._labels)
 

@@ -251,3 +251,4 @@ class TritonPythonModel:
         if self._loop is not None and self._wake is not None and not self._loop.is_closed():
             self._loop.call_soon_threadsafe(self._wake.set)
         self._deliver(self._engine.fail_all(Overloaded("the server is shutting down")))
+        self._metrics.close()
