@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import re
+import threading
 from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
@@ -158,7 +159,7 @@ async def bls_infer(model: str, inputs: Mapping[str, np.ndarray], outputs: Seque
 def bls_stream_final(model: str, inputs: Mapping[str, np.ndarray], outputs: Sequence[str], request_id: str = "",
                      parameters: Mapping[str, object] | None = None) -> dict[str, np.ndarray]:
     """Call a decoupled model; return the outputs of its last data response, or raise its error as a
-    `SynerDiffError`. Blocking: call it from a thread (or from `execute` when the answer is quick)."""
+    `SynerDiffError`. Blocking: call it from a thread (`answer_from_thread`)."""
     last: dict[str, np.ndarray] | None = None
     for reply in _bls_request(model, inputs, outputs, request_id, parameters).exec(decoupled=True):
         if reply.has_error():
@@ -170,6 +171,26 @@ def bls_stream_final(model: str, inputs: Mapping[str, np.ndarray], outputs: Sequ
     if last is None:
         raise ExecutionFailed(f"{model} sent no final response")
     return last
+
+
+def answer_from_thread(sender: Any, model: str, inputs: Mapping[str, np.ndarray], outputs: Sequence[str],
+                       request_id: str = "", parameters: Mapping[str, object] | None = None) -> None:
+    """Forward a request to the decoupled `model` on a thread of its own and send its outcome through `sender`
+    as the request's one final response, so `execute` returns at once and the stub stays responsive to
+    Triton's health checks however long `model` takes. `inputs` must not be Triton's own buffers (they are
+    freed when `execute` returns)."""
+    def forward() -> None:
+        outcome: dict[str, np.ndarray] | SynerDiffError
+        try:
+            outcome = bls_stream_final(model, inputs, outputs, request_id, parameters)
+        except SynerDiffError as error:
+            outcome = error
+        except Exception as error:
+            log_error(f"forwarding to {model} failed: {error!r}")
+            outcome = ExecutionFailed("internal error while forwarding the request")
+        send_final(sender, outcome)
+
+    threading.Thread(target=forward, daemon=True).start()
 
 
 def input_tensors(request: Any, names: Sequence[str]) -> dict[str, Any | None]:

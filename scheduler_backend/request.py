@@ -125,9 +125,14 @@ def validate_stop(fields: RawFields, limits: Limits) -> str:
     present = [name for name in GENERATION_INPUTS if fields.get(name) is not None]
     if present:
         raise InvalidArgument(STOP_REQUEST_ID, f"must be sent alone, got {', '.join(present)} too")
-    request_id = validate_request_id(_single(fields, STOP_REQUEST_ID), limits, STOP_REQUEST_ID)
+    return validate_stop_target(fields, STOP_REQUEST_ID, limits)
+
+
+def validate_stop_target(fields: RawFields, name: str, limits: Limits) -> str:
+    """The request id a stop names (input `name`): one non-empty request id."""
+    request_id = validate_request_id(_single(fields, name), limits, name)
     if not request_id:
-        raise InvalidArgument(STOP_REQUEST_ID, "must not be empty")
+        raise InvalidArgument(name, "must not be empty")
     return request_id
 
 

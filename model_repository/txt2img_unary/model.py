@@ -10,16 +10,13 @@ model can stop the request by its id and a requested queue timeout applies.
 
 from __future__ import annotations
 
-import threading
 from typing import Any, Mapping
 
-import numpy as np
-
 from model_repository import triton_edge
-from scheduler_backend.errors import ExecutionFailed, SynerDiffError
+from scheduler_backend.errors import SynerDiffError
 from scheduler_backend.limits import Limits
-from scheduler_backend.request import (GENERATION_INPUTS, PROGRESS, PROMPT_EMBEDS, REQUEST_PARAMETERS, validate_generation,
-                                       validate_parameters, validate_request_id)
+from scheduler_backend.request import (GENERATION_INPUTS, PROGRESS, PROMPT_EMBEDS, REQUEST_PARAMETERS,
+                                       validate_generation, validate_parameters, validate_request_id)
 
 _FORWARDED = tuple(name for name in GENERATION_INPUTS if name not in (PROMPT_EMBEDS, PROGRESS))
 _OUTPUTS = ("IMAGE", "STEP", "SEED_USED")
@@ -43,17 +40,5 @@ class TritonPythonModel:
             except SynerDiffError as error:
                 triton_edge.send_final(sender, error)
                 continue
-            threading.Thread(target=self._forward, args=(inputs, client_id, parameters, sender), daemon=True).start()
+            triton_edge.answer_from_thread(sender, "diffusion", inputs, _OUTPUTS, client_id, parameters)
         return None
-
-    @staticmethod
-    def _forward(inputs: dict[str, np.ndarray], client_id: str, parameters: dict[str, object], sender: Any) -> None:
-        outcome: dict[str, np.ndarray] | BaseException
-        try:
-            outcome = triton_edge.bls_stream_final("diffusion", inputs, _OUTPUTS, client_id, parameters)
-        except SynerDiffError as error:
-            outcome = error
-        except Exception as error:
-            triton_edge.log_error(f"txt2img_unary: forwarding failed: {error!r}")
-            outcome = ExecutionFailed("internal error while forwarding the request")
-        triton_edge.send_final(sender, outcome)
