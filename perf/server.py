@@ -296,24 +296,27 @@ def stubs_of(server_pid: int) -> list[Stub]:
     the shared-memory region)."""
     stubs = []
     for pid in child_pids(server_pid):
-        try:
-            args = [arg.decode() for arg in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0") if arg]
-        except OSError:
-            continue
+        args = command_line(pid)
         if not args or not args[0].endswith("triton_python_backend_stub"):
             continue
-        regions = [arg for arg in args if arg.startswith("triton_python_backend_shm_region")]
+        regions = shm_regions_of(pid, args)
         instance = args[-2] if len(args) >= 3 else "?"  # ... <instance name> <execution env>
         stubs.append(Stub(pid, instance, regions[0] if regions else None))
     return stubs
 
 
-def shm_regions_of(pid: int) -> list[str]:
+def command_line(pid: int) -> list[str]:
+    """A process's arguments ([] once it is gone)."""
     try:
-        args = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        return [arg.decode() for arg in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0") if arg]
     except OSError:
         return []
-    return [arg.decode() for arg in args if arg.startswith(b"triton_python_backend_shm_region")]
+
+
+def shm_regions_of(pid: int, args: list[str] | None = None) -> list[str]:
+    """The Python-backend shared-memory regions named on a process's command line (`args` if already read)."""
+    return [arg for arg in (command_line(pid) if args is None else args)
+            if arg.startswith("triton_python_backend_shm_region")]
 
 
 def is_alive(pid: int) -> bool:

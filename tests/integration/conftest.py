@@ -7,6 +7,7 @@ build/test-logs/ and its tail is printed when a test fails.
 from __future__ import annotations
 
 import os
+import time
 import urllib.request
 from dataclasses import replace
 from pathlib import Path
@@ -51,6 +52,18 @@ def server(tiny_models: Path) -> Iterator[TritonServer]:
     running = start_server(tiny_models, "continuous", ServingSettings(policy="continuous", max_running_requests=16))
     yield running
     running.stop()
+
+
+def wait_until_idle(server: TritonServer, within_s: float = 10.0) -> None:
+    """Waiting, running and the VAE chunk backlog go back to 0: nothing of a finished request is held."""
+    names = ("synerdiff_waiting_requests", "synerdiff_running_requests", "synerdiff_vae_chunk_backlog")
+    deadline = time.monotonic() + within_s
+    while True:
+        held = {name: metric_value(server, name) for name in names}
+        if not any(held.values()):
+            return
+        assert time.monotonic() < deadline, f"still held: {held}"
+        time.sleep(0.1)
 
 
 def metric_value(server: TritonServer, name: str, labels: str = "") -> float:

@@ -53,7 +53,7 @@ from tritonclient.utils import InferenceServerException
 from client import DiffusionClient, GenerationRequest
 from export.render import ServingSettings
 from perf.server import TritonServer
-from tests.integration.conftest import metric_value, start_server
+from tests.integration.conftest import start_server, wait_until_idle
 
 pytestmark = pytest.mark.integration
 
@@ -585,23 +585,12 @@ def in_band(bad: tuple[Bad, ...]) -> set[str | None]:
     return {None}
 
 
-def wait_for_gauges_at_zero(server: TritonServer, timeout_s: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    names = ("synerdiff_running_requests", "synerdiff_waiting_requests")
-    while True:
-        values = {name: metric_value(server, name) for name in names}
-        if not any(values.values()):
-            return
-        assert time.monotonic() < deadline, f"gauges not back at 0: {values}"
-        time.sleep(0.2)
-
-
 def assert_still_serving(server: TritonServer) -> None:
     assert server.is_ready(), "the server is not ready after the fuzz run"
     request = GenerationRequest(prompt="after the storm", num_steps=2, seed=7, height=24, width=40)
     assert DiffusionClient(server.ports.grpc_url, "grpc").generate(request).image.shape == (24, 40, 3)
     assert DiffusionClient(server.ports.http_url, "http").generate(request).image.shape == (24, 40, 3)
-    wait_for_gauges_at_zero(server)
+    wait_until_idle(server, within_s=20.0)
 
 
 GRPC_ERROR_HEADER = {"triton_grpc_error": "true"}  # only the opt-in crash reproduction sends it

@@ -31,7 +31,7 @@ from export.render import ServingSettings
 from perf.loadgen import replay
 from perf.server import TritonServer, is_alive
 from perf.workload import Arrival
-from tests.integration.conftest import metric_value, start_server
+from tests.integration.conftest import metric_value, start_server, wait_until_idle
 from tests.integration.fault_models.faulty_unet import FAULT_SENTINEL
 
 FAULT_MODELS = Path(__file__).parent / "fault_models"
@@ -131,18 +131,6 @@ def assert_clean_message(message: str) -> None:
         assert leak not in message, f"{leak!r} leaked to the client: {message}"
 
 
-def gauges_settle(server: TritonServer, within_s: float = 10.0) -> None:
-    """Waiting and running go back to 0: nothing of a finished request is held."""
-    deadline = time.monotonic() + within_s
-    while True:
-        held = (metric_value(server, "synerdiff_waiting_requests"), metric_value(server, "synerdiff_running_requests"),
-                metric_value(server, "synerdiff_vae_chunk_backlog"))
-        if held == (0, 0, 0):
-            return
-        assert time.monotonic() < deadline, f"still held (waiting, running, VAE chunks): {held}"
-        time.sleep(0.1)
-
-
 def eventually(condition: Callable[[], bool], failure: str, within_s: float = 10.0) -> None:
     deadline = time.monotonic() + within_s
     while not condition():
@@ -174,7 +162,7 @@ def test_a_burst_of_500_against_a_bound_of_64_gets_images_or_unavailable_and_non
     images, rejected = outcomes.count("image"), outcomes.count("rejected")
     assert images + rejected == 500 and images >= 64 and rejected > 0
     assert metric_value(server, "synerdiff_requests_total", 'outcome="rejected_overload"') - rejected_before == rejected
-    gauges_settle(server)
+    wait_until_idle(server)
     assert server.is_ready()
     serves_an_image(server)
 
@@ -220,7 +208,7 @@ def test_a_model_raising_in_a_step_fails_only_the_requests_of_that_step(faulty_s
     finally:
         for stream in (running, poisoned, waiting):
             stream.close()
-    gauges_settle(faulty_server)
+    wait_until_idle(faulty_server)
     serves_an_image(faulty_server)
 
 
@@ -242,7 +230,7 @@ def test_cancel_while_waiting_ends_it_before_it_runs(faulty_server: TritonServer
         for stream in running:
             stream.cancel()
             stream.close()
-    gauges_settle(faulty_server)
+    wait_until_idle(faulty_server)
 
 
 def test_cancel_mid_vae_stops_the_decode_and_sends_no_image(faulty_server: TritonServer) -> None:
@@ -258,7 +246,7 @@ def test_cancel_mid_vae_stops_the_decode_and_sends_no_image(faulty_server: Trito
     assert stream.images == [], "the image was decoded and sent after the cancel"
     assert metric_value(faulty_server, "synerdiff_vae_chunks_total") - chunks_before <= 1, \
         "the decode went on after the cancel"
-    gauges_settle(faulty_server)
+    wait_until_idle(faulty_server)
 
 
 def test_http_client_stops_its_request_by_id(faulty_server: TritonServer) -> None:
@@ -282,7 +270,7 @@ def test_http_client_stops_its_request_by_id(faulty_server: TritonServer) -> Non
     error = outcome.get("error")
     assert isinstance(error, GenerationError) and error.code == "CANCELLED"
     assert metric_value(faulty_server, "synerdiff_requests_total", 'outcome="cancelled"') == cancelled_before + 1
-    gauges_settle(faulty_server)
+    wait_until_idle(faulty_server)
 
 
 def test_stop_by_request_id_over_grpc_ends_the_stream_cancelled(faulty_server: TritonServer) -> None:
@@ -295,7 +283,7 @@ def test_stop_by_request_id_over_grpc_ends_the_stream_cancelled(faulty_server: T
     finally:
         stream.close()
     assert DiffusionClient(faulty_server.ports.grpc_url).stop("job-42") == 0  # already gone
-    gauges_settle(faulty_server)
+    wait_until_idle(faulty_server)
 
 
 def test_a_request_waiting_past_its_queue_timeout_gets_unavailable(faulty_server: TritonServer) -> None:
@@ -316,7 +304,7 @@ def test_a_request_waiting_past_its_queue_timeout_gets_unavailable(faulty_server
         for stream in running:
             stream.cancel()
             stream.close()
-    gauges_settle(faulty_server)
+    wait_until_idle(faulty_server)
 
 
 # -- a killed stub ----------------------------------------------------------------------------------
