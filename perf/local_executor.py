@@ -104,7 +104,7 @@ class OrtExecutor:
         """One raw latent [C, h, w] -> image [3, H, W], chunk by chunk through a `VaeJob` as the engine runs it."""
         job = VaeJob(latent, chunking, self.spec.vae_scale_factor, self.spec.vae_stages)
         while not job.done:
-            chunk, batch = job.next_chunk, job.chunk_input()[None]
+            chunk, batch = job.next_chunk, np.ascontiguousarray(job.chunk_input()[None])
             if chunk.kind.startswith("stage"):
                 output = await self.run_vae_stage(chunk.index, batch)
             else:

@@ -14,6 +14,9 @@ Invariants:
 - Skip-CFG only ever applies to a guided request's step that its `SkipCfgPolicy` allows;
 - a row's arithmetic never depends on the other rows of its batch, so the same request gives the same
   image alone or batched (the models are batch-invariant on ONNX Runtime CPU);
+- the request's tensors (latent, text embeddings, VAE chunks) live where the engine's `Arrays` puts them (host
+  numpy by default, a GPU's tensors for a GPU loop) from `add` to the finished image, which alone is brought to
+  the host; the loop's arithmetic is the same on every `Arrays` (scheduler_backend/arrays.py);
 - `add` and `abort` may be called while a `step` awaits its executor (same event loop): a request
   added then waits for the next step; one aborted then is dropped when the step's results arrive.
 """
@@ -28,29 +31,30 @@ from typing import Callable, Protocol, Sequence
 
 import numpy as np
 
+from scheduler_backend.arrays import NUMPY, Array, Arrays, per_row
 from scheduler_backend.errors import Cancelled, ExecutionFailed, Overloaded, SynerDiffError
 from scheduler_backend.limits import Limits
 from scheduler_backend.planner import Planner, RequestView, SchedulerView, VaeCall, VaeJobView
 from scheduler_backend.request import GenerationParams
-from scheduler_backend.sampler import (NoiseSchedule, SamplerPlan, batched_step, guided_noise,
-                                       initial_latent, make_sampler_plan)
+from scheduler_backend.sampler import (NoiseSchedule, SamplerPlan, batched_step, guided_noise, initial_latent,
+                                       make_sampler_plan)
 from scheduler_backend.skip_cfg import SkipCfgPolicy
 from scheduler_backend.vae_chunks import ChunkingSpec, VaeJob
 
 
 class Executor(Protocol):
-    """Runs the models. Implementations raise `ExecutionFailed` (or anything) when a call fails."""
+    """Runs the models on arrays of the engine's `Arrays` and answers in them. Implementations raise
+    `ExecutionFailed` (or anything) when a call fails."""
 
-    async def run_unet(self, samples: np.ndarray, timesteps: np.ndarray,
-                       text_embeddings: np.ndarray) -> np.ndarray:
+    async def run_unet(self, samples: Array, timesteps: Array, text_embeddings: Array) -> Array:
         """[R, C, h, w] f32, [R] f32, [R, L, D] f32 -> noise prediction [R, C, h, w] f32."""
         ...
 
-    async def run_vae(self, latents: np.ndarray) -> np.ndarray:
+    async def run_vae(self, latents: Array) -> Array:
         """[B, C, h, w] f32 raw latents (whole or tiles) -> images [B, 3, H, W] f32 in about [-1, 1]."""
         ...
 
-    async def run_vae_stage(self, stage: int, hidden: np.ndarray) -> np.ndarray:
+    async def run_vae_stage(self, stage: int, hidden: Array) -> Array:
         """Decoder stage `stage` on a batch: [B, ...] f32 -> [B, ...] f32 (shapes: `StageShapes`)."""
         ...
 
@@ -119,8 +123,8 @@ class _Generation:
     request_id: str
     params: GenerationParams
     sampler_plan: SamplerPlan
-    text_embeddings: np.ndarray  # [rows, L, D]: (unconditional, prompt) with CFG, else (prompt,)
-    latent: np.ndarray
+    text_embeddings: Array  # [rows, L, D]: (unconditional, prompt) with CFG, else (prompt,)
+    latent: Array
     arrived_s: float
     queue_deadline_s: float | None = None  # when it must have joined the batch, or it is refused
     steps_done: int = 0
@@ -142,7 +146,7 @@ class _Queues:
 class Engine:
     def __init__(self, executor: Executor, planner: Planner, limits: Limits, schedule: NoiseSchedule,
                  clock: Callable[[], float] = time.monotonic, chunking: ChunkingSpec = ChunkingSpec(),
-                 skip_cfg: SkipCfgPolicy | None = None) -> None:
+                 skip_cfg: SkipCfgPolicy | None = None, arrays: Arrays = NUMPY) -> None:
         if chunking.mode == "stages" and limits.model.vae_stages is None:
             raise ValueError("VAE chunking 'stages' needs an export with VAE stage graphs; re-export the model")
         self._executor = executor
@@ -152,6 +156,7 @@ class Engine:
         self._clock = clock
         self._chunking = chunking
         self._skip_cfg = skip_cfg
+        self._arrays = arrays
         self._queues = _Queues()
         self._live: dict[str, _Generation] = {}
 
@@ -159,7 +164,7 @@ class Engine:
 
     def add(self, request_id: str, params: GenerationParams, text_embeddings: np.ndarray,
             queue_timeout_s: float | None = None) -> None:
-        """Queue a validated request. `text_embeddings` is [2, L, D]: (unconditional, prompt).
+        """Queue a validated request. `text_embeddings` is host [2, L, D]: (unconditional, prompt).
 
         Raises `Overloaded` when the waiting queue is full; the request is then not held. A request that
         is still waiting `queue_timeout_s` after this call ends with `Overloaded`.
@@ -173,8 +178,8 @@ class Engine:
         now_s = self._clock()
         generation = _Generation(
             request_id=request_id, params=params, sampler_plan=sampler_plan,
-            text_embeddings=np.ascontiguousarray(rows, dtype=np.float32),
-            latent=initial_latent(params.seed, shape, sampler_plan.init_noise_sigma),
+            text_embeddings=self._arrays.from_host(rows),
+            latent=self._arrays.from_host(initial_latent(params.seed, shape, sampler_plan.init_noise_sigma)),
             arrived_s=now_s, queue_deadline_s=None if queue_timeout_s is None else now_s + queue_timeout_s)
         self._queues.waiting.append(generation)
         self._live[request_id] = generation
@@ -315,51 +320,55 @@ class Engine:
     def _resolve(self, request_ids: Sequence[str]) -> list[_Generation]:
         return [self._live[request_id] for request_id in request_ids]
 
-    async def _run_unet(self, batch: list[_Generation], skips: frozenset[str]) -> np.ndarray:
-        samples, timesteps, embeddings = [], [], []
-        for generation in batch:
-            plan, k = generation.sampler_plan, generation.steps_done
-            rows = _rows(generation, skips)
-            model_input = generation.latent * plan.input_scales[k]
-            samples += [model_input] * len(rows)
-            timesteps += [plan.model_timesteps[k]] * len(rows)
-            embeddings.append(rows)
-        return await self._executor.run_unet(np.stack(samples), np.asarray(timesteps, dtype=np.float32),
-                                             np.concatenate(embeddings))
+    async def _run_unet(self, batch: list[_Generation], skips: frozenset[str]) -> Array:
+        """One UNet call over `batch`: a request's latent goes in once per text row (twice with CFG), scaled by its
+        sampler's input scale, at its own timestep."""
+        row_of_request, timesteps, input_scales = [], [], []
+        for index, generation in enumerate(batch):
+            plan, k, count = generation.sampler_plan, generation.steps_done, len(_rows(generation, skips))
+            row_of_request += [index] * count
+            timesteps += [plan.model_timesteps[k]] * count
+            input_scales += [plan.input_scales[k]] * count
+        per_row_values = self._arrays.from_host(np.array([timesteps, input_scales], dtype=np.float32))
+        latents = self._arrays.stack([generation.latent for generation in batch])[row_of_request]
+        samples = latents * per_row(per_row_values[1], latents)
+        embeddings = self._arrays.concat([_rows(generation, skips) for generation in batch])
+        return await self._executor.run_unet(samples, per_row_values[0], embeddings)
 
     def _is_live(self, generation: _Generation) -> bool:
         """Still the same live request (not aborted, and its id not reused, while a call ran)."""
         return self._live.get(generation.request_id) is generation
 
-    def _apply_unet(self, batch: list[_Generation], skips: frozenset[str],
-                    outcome: np.ndarray | BaseException) -> list[Event]:
+    def _apply_unet(self, batch: list[_Generation], skips: frozenset[str], outcome: Array | BaseException) -> list[Event]:
         row_counts = [len(_rows(generation, skips)) for generation in batch]
         expected = (sum(row_counts), *batch[0].latent.shape)
-        if not isinstance(outcome, BaseException) and outcome.shape != expected:
+        if not isinstance(outcome, BaseException) and tuple(outcome.shape) != expected:
             outcome = ExecutionFailed(f"UNet returned shape {list(outcome.shape)}, expected {list(expected)}")
         if isinstance(outcome, BaseException):
             return self._fail(batch, outcome, "UNet")
-        events: list[Event] = []
-        row = 0
-        survivors, latents, noises, sample_coefs, noise_coefs = [], [], [], [], []
+        survivors: list[_Generation] = []
+        uncond_rows, cond_rows, guidance, sample_coefs, noise_coefs = [], [], [], [], []
+        first_row = 0
         for generation, count in zip(batch, row_counts):
-            rows = outcome[row:row + count]
-            row += count
+            row, first_row = first_row, first_row + count
             if not self._is_live(generation):
                 continue  # aborted while the call ran
-            params, plan, k = generation.params, generation.sampler_plan, generation.steps_done
-            noise = (guided_noise(rows[0:1], rows[1:2], np.float32([params.guidance_scale]))[0]
-                     if count == 2 else rows[0])
-            generation.skipped_cfg += count < generation.unet_rows
+            plan, k = generation.sampler_plan, generation.steps_done
             survivors.append(generation)
-            latents.append(generation.latent)
-            noises.append(noise)
+            # with CFG: rows (unconditional, prompt); without, or with Skip-CFG: the prompt's row alone, guided
+            # with g = 1, which gives that row bit for bit (guided_noise)
+            uncond_rows.append(row)
+            cond_rows.append(row + count - 1)
+            guidance.append(generation.params.guidance_scale if count == 2 else 1.0)
             sample_coefs.append(plan.sample_coefs[k])
             noise_coefs.append(plan.noise_coefs[k])
+            generation.skipped_cfg += count < generation.unet_rows
         if not survivors:
-            return events
-        stepped = batched_step(np.stack(latents), np.stack(noises), np.asarray(sample_coefs, np.float32),
-                               np.asarray(noise_coefs, np.float32))
+            return []
+        coefs = self._arrays.from_host(np.array([guidance, sample_coefs, noise_coefs], dtype=np.float32))
+        noises = guided_noise(outcome[uncond_rows], outcome[cond_rows], coefs[0])
+        stepped = batched_step(self._arrays.stack([g.latent for g in survivors]), noises, coefs[1], coefs[2])
+        events: list[Event] = []
         for generation, latent in zip(survivors, stepped):
             generation.latent = latent
             generation.steps_done += 1
@@ -369,7 +378,7 @@ class Engine:
             if generation.steps_done == generation.params.num_steps:
                 self._queues.denoising.remove(generation)
                 generation.vae_job = VaeJob(latent, self._chunking, self._limits.model.vae_scale_factor,
-                                            self._limits.model.vae_stages)
+                                            self._limits.model.vae_stages, self._arrays)
                 self._queues.decoding.append(generation)
         return events
 
@@ -383,11 +392,11 @@ class Engine:
                 continue
             jobs = [g.vae_job for g in batch]
             chunk = jobs[0].next_chunk  # type: ignore[union-attr]
-            inputs = np.stack([job.chunk_input() for job in jobs])  # type: ignore[union-attr]
+            inputs = self._arrays.stack([job.chunk_input() for job in jobs])  # type: ignore[union-attr]
             ran += [ChunkWork(chunk.kind, tuple(job.latent.shape)) for job in jobs]  # type: ignore[union-attr]
             try:
                 if chunk.kind.startswith("stage"):
-                    outcome: np.ndarray | BaseException = await self._executor.run_vae_stage(chunk.index, inputs)
+                    outcome: Array | BaseException = await self._executor.run_vae_stage(chunk.index, inputs)
                 else:
                     outcome = await self._executor.run_vae(inputs)
             except Exception as error:
@@ -398,7 +407,7 @@ class Engine:
     def _resolve_live(self, request_ids: Sequence[str]) -> list[_Generation]:
         return [self._live[i] for i in request_ids if i in self._live]
 
-    def _apply_vae(self, batch: list[_Generation], outcome: np.ndarray | BaseException) -> list[Event]:
+    def _apply_vae(self, batch: list[_Generation], outcome: Array | BaseException) -> list[Event]:
         if not isinstance(outcome, BaseException) and (outcome.ndim < 1 or outcome.shape[0] != len(batch)):
             outcome = ExecutionFailed(f"VAE decoder returned shape {list(outcome.shape)} for {len(batch)} inputs")
         if isinstance(outcome, BaseException):
@@ -416,7 +425,8 @@ class Engine:
             if job.done:
                 self._queues.decoding.remove(generation)
                 del self._live[generation.request_id]
-                events.append(RequestFinished(generation.request_id, image=to_uint8_images(job.image[None])[0]))
+                image = self._arrays.to_host_images(job.image[None])[0]
+                events.append(RequestFinished(generation.request_id, image=image))
         return events
 
     def _fail(self, batch: list[_Generation], cause: BaseException, model: str) -> list[Event]:
@@ -430,7 +440,7 @@ def _earliest(*delays: float | None) -> float | None:
     return min(known) if known else None
 
 
-def _rows(generation: _Generation, skips: frozenset[str]) -> np.ndarray:
+def _rows(generation: _Generation, skips: frozenset[str]) -> Array:
     """The text-embedding rows of this step: the prompt's only, when Skip-CFG applies."""
     if generation.request_id in skips:
         return generation.text_embeddings[1:]
@@ -451,5 +461,4 @@ def _mixed_timesteps(batch: Sequence[_Generation]) -> bool:
 
 def to_uint8_images(decoded: np.ndarray) -> np.ndarray:
     """VAE output [B, 3, H, W] in about [-1, 1] -> [B, H, W, 3] uint8, as diffusers post-processes."""
-    unit = np.clip(decoded / 2 + 0.5, 0.0, 1.0)
-    return np.ascontiguousarray((unit * 255).round().astype(np.uint8).transpose(0, 2, 3, 1))
+    return NUMPY.to_host_images(decoded)

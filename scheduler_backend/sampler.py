@@ -13,9 +13,10 @@ Invariants:
 - Coefficients are computed in float64 and stored as read-only float32 arrays: plans are cached and
   shared between requests, so nobody may mutate them.
 - `batched_step` and `guided_noise` are elementwise over rows: a row's result is bit-identical whether
-  it is stepped alone or inside any batch, so batching never changes an image.
+  it is stepped alone or inside any batch, so batching never changes an image. They are written with operators
+  only, so they step numpy arrays and device tensors alike (scheduler_backend/arrays.py).
 
-numpy only: this module runs inside the Triton Python backend, next to neither torch nor diffusers.
+Plans are numpy (host): this module runs inside the Triton Python backend, next to neither torch nor diffusers.
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+
+from scheduler_backend.arrays import Array, per_row
 
 
 class SamplerKind(str, enum.Enum):
@@ -201,30 +204,20 @@ def initial_latent(seed: int, shape: tuple[int, ...], init_noise_sigma: float) -
     return noise * np.float32(init_noise_sigma)
 
 
-def _per_row(coefs: np.ndarray, like: np.ndarray) -> np.ndarray:
-    """View a [B] vector as [B, 1, ..., 1] so it broadcasts over one row of `like`."""
-    coefs = np.asarray(coefs, dtype=np.float32)
-    if coefs.shape != like.shape[:1]:
-        raise ValueError(f"expected one coefficient per row, shape {like.shape[:1]}, got {coefs.shape}")
-    return coefs.reshape(coefs.shape + (1,) * (like.ndim - 1))
-
-
-def guided_noise(uncond: np.ndarray, cond: np.ndarray, guidance_scale: np.ndarray) -> np.ndarray:
-    """Classifier-free guidance per row: uncond + g * (cond - uncond), for float32 [B, ...] inputs.
+def guided_noise(uncond: Array, cond: Array, guidance_scale: Array) -> Array:
+    """Classifier-free guidance per row: uncond + g * (cond - uncond), for float32 [B, ...] rows and g [B], all on
+    one `Arrays` implementation.
 
     Written as g*cond + (1-g)*uncond because that is exact at g=1: a row guided with g=1 equals the
     conditional prediction bit for bit, the same result as skipping its unconditional UNet row.
     """
-    uncond, cond = np.asarray(uncond, dtype=np.float32), np.asarray(cond, dtype=np.float32)
-    g = _per_row(guidance_scale, cond)
-    return cond * g + uncond * (np.float32(1.0) - g)
+    g = per_row(guidance_scale, cond)
+    return cond * g + uncond * (1.0 - g)
 
 
-def batched_step(
-    samples: np.ndarray, noise_preds: np.ndarray, sample_coefs: np.ndarray, noise_coefs: np.ndarray
-) -> np.ndarray:
-    """One sampler step for float32 [B, ...] rows, each with its own (plan, step) coefficients [B]."""
-    samples, noise_preds = np.asarray(samples, dtype=np.float32), np.asarray(noise_preds, dtype=np.float32)
-    if samples.shape != noise_preds.shape:
-        raise ValueError(f"samples {samples.shape} and noise_preds {noise_preds.shape} differ in shape")
-    return samples * _per_row(sample_coefs, samples) + noise_preds * _per_row(noise_coefs, samples)
+def batched_step(samples: Array, noise_preds: Array, sample_coefs: Array, noise_coefs: Array) -> Array:
+    """One sampler step for float32 [B, ...] rows, each with its own (plan, step) coefficients [B], all on one
+    `Arrays` implementation."""
+    if tuple(samples.shape) != tuple(noise_preds.shape):
+        raise ValueError(f"samples {tuple(samples.shape)} and noise_preds {tuple(noise_preds.shape)} differ in shape")
+    return samples * per_row(sample_coefs, samples) + noise_preds * per_row(noise_coefs, samples)

@@ -10,6 +10,8 @@ Three granularities (`ChunkingSpec.mode`):
 
 A `VaeJob` is pure state: it says which chunk is next, builds that chunk's input from the latent (or from
 the previous stage's output), and takes the chunk's output. Running the chunk is the executor's business.
+Its arrays (latent, inputs, outputs, image) are those of the engine's `Arrays` implementation: host numpy, or device
+tensors that never leave the device; only the tile blend weights are computed on the host.
 Invariant: chunks complete strictly in order, and `image` exists exactly when every chunk has completed.
 """
 
@@ -20,6 +22,8 @@ from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
+
+from scheduler_backend.arrays import NUMPY, Array, Arrays
 
 MODES = ("whole", "stages", "tiles")
 Window = tuple[int, int, int, int]  # y0, y1, x0, x1 in latent pixels, end exclusive
@@ -114,15 +118,16 @@ class Chunk:
 class VaeJob:
     """The decode of one latent [C, h, w] into an image [3, h*f, w*f] (f = vae_scale_factor)."""
 
-    def __init__(self, latent: np.ndarray, spec: ChunkingSpec, scale_factor: int,
-                 stages: StageShapes | None = None) -> None:
+    def __init__(self, latent: Array, spec: ChunkingSpec, scale_factor: int, stages: StageShapes | None = None,
+                 arrays: Arrays = NUMPY) -> None:
         self.latent = latent
         self.spec = spec
         self._scale = scale_factor
         self._stages = stages
-        self._hidden: np.ndarray | None = None  # the previous stage's output
-        self._blend: tuple[np.ndarray, np.ndarray] | None = None  # weighted sum, weight sum
-        self._image: np.ndarray | None = None
+        self._arrays = arrays
+        self._hidden: Array | None = None  # the previous stage's output
+        self._blend: tuple[Array, Array] | None = None  # weighted sum, weight sum
+        self._image: Array | None = None
         latent_hw = latent.shape[1:]
         if spec.mode == "stages":
             if stages is None:
@@ -149,21 +154,18 @@ class VaeJob:
         return self._done == len(self._chunks)
 
     @property
-    def image(self) -> np.ndarray:
+    def image(self) -> Array:
         if self._image is None:
             raise RuntimeError("the decode is not complete")
         return self._image
 
     @property
     def next_input_shape(self) -> tuple[int, ...]:
-        return tuple(self._next_input().shape)
+        return tuple(self.chunk_input().shape)
 
-    def chunk_input(self) -> np.ndarray:
-        """The next chunk's input, without a batch axis."""
-        return np.ascontiguousarray(self._next_input())
-
-    def _next_input(self) -> np.ndarray:
-        """The next chunk's input as it lies (a tile is a view into the latent)."""
+    def chunk_input(self) -> Array:
+        """The next chunk's input, without a batch axis, as it lies: a tile is a view into the latent (stacking
+        the inputs of a batch makes them contiguous)."""
         chunk = self.next_chunk
         if chunk.kind == "tile":
             y0, y1, x0, x1 = self._windows[chunk.index]
@@ -184,7 +186,7 @@ class VaeJob:
             return (self._stages.channels[chunk.index], h * scale, w * scale)
         return (3, h * self._scale, w * self._scale)
 
-    def complete(self, output: np.ndarray) -> None:
+    def complete(self, output: Array) -> None:
         """Take the next chunk's output (no batch axis). Raises ValueError on a wrong shape."""
         expected = self.expected_output_shape()
         if tuple(output.shape) != expected:
@@ -203,14 +205,14 @@ class VaeJob:
             self._image = total / weight
             self._blend = None
 
-    def _blend_tile(self, index: int, tile: np.ndarray) -> None:
+    def _blend_tile(self, index: int, tile: Array) -> None:
         if self._blend is None:
             h, w = self.latent.shape[1:]
             shape = (3, h * self._scale, w * self._scale)
-            self._blend = (np.zeros(shape, np.float32), np.zeros(shape[1:], np.float32))
+            self._blend = (self._arrays.zeros(shape), self._arrays.zeros(shape[1:]))
         cols = len(self._col_windows)
-        weights = np.outer(_axis_weights(self._row_windows, index // cols, self._scale),
-                           _axis_weights(self._col_windows, index % cols, self._scale))
+        weights = self._arrays.from_host(np.outer(_axis_weights(self._row_windows, index // cols, self._scale),
+                                                  _axis_weights(self._col_windows, index % cols, self._scale)))
         y0, y1, x0, x1 = (v * self._scale for v in self._windows[index])
         total, weight = self._blend
         total[:, y0:y1, x0:x1] += tile * weights
