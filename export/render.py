@@ -18,6 +18,7 @@ from pathlib import Path
 
 import model_repository
 from export.targets import TARGET_SPECS, TARGETS, RepositoryModel, repository_models, target_values
+from model_repository.bls_executor import torch_loop_device
 from scheduler_backend.limits import Limits, ModelSpec
 from scheduler_backend.policies import needs_profile
 
@@ -40,6 +41,7 @@ class ServingSettings:
     text_encoder_threads: int = 1
     vae_chunking: str = "stages"  # whole | stages | tiles[:RxC:overlap]
     profile: str = ""  # the latency profile JSON (needed by the synerdiff policies)
+    loop_tensors: str = ""  # numpy | torch:<device>; "" for the target's choice (export/targets.py)
 
 
 def template_values(model_dir: Path, settings: ServingSettings) -> dict[str, str]:
@@ -93,6 +95,8 @@ def render_repository(model_dir: Path, out_dir: Path, target: str = "cpu",
     values = template_values(model_dir, settings)
     manifest = json.loads((model_dir / "manifest.json").read_text())
     try:
+        values["loop_tensors"] = settings.loop_tensors or TARGET_SPECS[target].loop_tensors
+        torch_loop_device(values["loop_tensors"])
         values |= target_values(TARGET_SPECS[target], model_dir, manifest, settings.max_running_requests)
         models = repository_models(TARGET_SPECS[target], TEMPLATES_DIR, model_dir, manifest)
     except ValueError as error:

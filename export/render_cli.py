@@ -20,12 +20,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--unet-threads", type=int, default=defaults.unet_threads)
     parser.add_argument("--vae-threads", type=int, default=defaults.vae_threads)
     parser.add_argument("--text-encoder-threads", type=int, default=defaults.text_encoder_threads)
+    parser.add_argument("--loop-tensors", default=defaults.loop_tensors,
+                        help="where the diffusion loop keeps its tensors: numpy (host) or torch:<device> "
+                             "(torch:cuda keeps them on the GPU across BLS calls); default: the target's")
 
 
 def run(args: argparse.Namespace) -> int:
     settings = ServingSettings(policy=args.policy, max_waiting_requests=args.max_waiting_requests,
                                max_running_requests=args.max_running_requests, unet_threads=args.unet_threads,
-                               vae_threads=args.vae_threads, text_encoder_threads=args.text_encoder_threads)
+                               vae_threads=args.vae_threads, text_encoder_threads=args.text_encoder_threads,
+                               loop_tensors=args.loop_tensors)
     try:
         out = render_repository(args.models, args.out, args.target, settings)
     except (RenderError, FileNotFoundError) as error:

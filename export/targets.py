@@ -34,11 +34,15 @@ class Target:
     name: str
     variant: str  # "" (the default templates), "torch" or "tensorrt"
     torch_device: str = ""  # "cuda" or "cpu" for the torch variant
+    loop_tensors: str = "numpy"  # where the `diffusion` loop keeps its tensors (model_repository/bls_executor.py)
 
 
+# The GPU targets keep the loop's tensors on the GPU across BLS calls; `cpu-torch` takes the same DLPack route on the
+# host, so that route is what its tests exercise.
 TARGET_SPECS = {target.name: target for target in (
-    Target("cpu", ""), Target("gpu", "tensorrt"), Target("gpu-torch", "torch", "cuda"),
-    Target("cpu-torch", "torch", "cpu"))}
+    Target("cpu", ""), Target("gpu", "tensorrt", loop_tensors="torch:cuda"),
+    Target("gpu-torch", "torch", "cuda", loop_tensors="torch:cuda"),
+    Target("cpu-torch", "torch", "cpu", loop_tensors="torch:cpu"))}
 TARGETS = tuple(TARGET_SPECS)
 
 

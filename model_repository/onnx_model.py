@@ -9,6 +9,7 @@ Each request is one ORT call; ORT on CPU is batch-invariant, which the engine's 
 
 from __future__ import annotations
 
+import math
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
@@ -41,18 +42,21 @@ def intra_op_threads(parameters: Mapping[str, str]) -> int:
     return int(parameters.get("intra_op_threads", "2"))
 
 
-def required_inputs(request: Any, names: Sequence[str], max_elements: int | None = None) -> dict[str, np.ndarray]:
-    """The named inputs of a request; InvalidArgument naming the first one the client did not send, or the
-    largest one when together they hold more than `max_elements` values (the `max_input_elements` parameter:
-    the most the engine ever sends in one call, `Limits.internal_call_elements`)."""
-    present: dict[str, np.ndarray] = {}
-    for name, array in triton_edge.input_arrays(request, names).items():
+def required_inputs(request: Any, names: Sequence[str], max_elements: int | None = None,
+                    adopt: Callable[[Any], Any] | None = None) -> dict[str, Any]:
+    """The named inputs of a request (numpy, or what `adopt` makes of them: `triton_edge.input_arrays`);
+    InvalidArgument naming the first one the client did not send, or the largest one when together they hold more
+    than `max_elements` values (the `max_input_elements` parameter: the most the engine ever sends in one call,
+    `Limits.internal_call_elements`)."""
+    present: dict[str, Any] = {}
+    for name, array in triton_edge.input_arrays(request, names, adopt).items():
         if array is None:
             raise InvalidArgument(name, "is required")
         present[name] = array
-    total = sum(array.size for array in present.values())
+    sizes = {name: math.prod(array.shape) for name, array in present.items()}
+    total = sum(sizes.values())
     if max_elements is not None and total > max_elements:
-        largest = max(present, key=lambda name: present[name].size)
+        largest = max(sizes, key=lambda name: sizes[name])
         raise InvalidArgument(largest, f"too large: the inputs hold {total} values, at most {max_elements} per call")
     return present
 
@@ -72,7 +76,7 @@ def run_session(model_name: str, session: Any, outputs: Sequence[str], feeds: Ma
         raise ExecutionFailed(f"{model_name}: inference failed") from None
 
 
-def reply_each(requests: Sequence[Any], infer: Callable[[Any], Mapping[str, np.ndarray]]) -> list[Any]:
+def reply_each(requests: Sequence[Any], infer: Callable[[Any], Mapping[str, Any]]) -> list[Any]:
     """One response per request, in order: ``infer``'s outputs, or the SynerDiffError it raised."""
     replies = []
     for request in requests:

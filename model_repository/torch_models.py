@@ -6,6 +6,9 @@ Config parameters: `model_dir` (the export), `graph` (unet | vae_decoder | text_
 `bindings` (as in onnx_model.py; inputs in the module's argument order), `device` ("cuda": the instance's GPU,
 float16; "cpu": float32), `max_cuda_graphs` (CUDA graphs captured per model, 0 = none), `intra_op_threads` (CPU).
 `vae_stages` takes `model_dir`, `device` and `max_cuda_graphs` and runs one stage per request like staged_vae.py.
+Tensors are read and answered through DLPack, wherever Triton puts them (the configs set
+FORCE_CPU_ONLY_INPUT_TENSORS "no"): a GPU loop's inputs (`loop_tensors` torch:cuda) reach the module without leaving
+the GPU, and its outputs go back the same way; on the CPU, they are read where Triton's shared memory holds them.
 Errors: a missing input or a STAGE out of range is INVALID_ARG; a failing torch call is logged and INTERNAL.
 Unlike ONNX Runtime on CPU, torch does not promise that a row's result is independent of its batch.
 """
@@ -15,7 +18,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-import numpy as np
 
 from model_repository import triton_edge
 from model_repository.onnx_model import (intra_op_threads, max_input_elements, parse_bindings, reply_each,
@@ -42,7 +44,14 @@ def _runners(parameters: Mapping[str, str], args: Mapping[str, str], graph: str)
     return [GraphRunner(module, device, int(parameters.get("max_cuda_graphs", "0"))) for module in modules]
 
 
-def _guarded(model_name: str, call: Callable[[], np.ndarray]) -> np.ndarray:
+def _as_torch(tensor: Any) -> Any:
+    """A Triton input as a torch tensor over the same memory (valid while `execute` runs)."""
+    import torch
+
+    return torch.from_dlpack(tensor)
+
+
+def _guarded(model_name: str, call: Callable[[], Any]) -> Any:
     try:
         return call()
     except Exception as error:
@@ -61,9 +70,9 @@ class TorchGraphModel:
     def execute(self, requests: list[Any]) -> list[Any]:
         return reply_each(requests, self._infer)
 
-    def _infer(self, request: Any) -> dict[str, np.ndarray]:
-        arrays = required_inputs(request, list(self._inputs), self._max_elements)
-        output = _guarded(self._name, lambda: self._runner([arrays[name] for name in self._inputs]))
+    def _infer(self, request: Any) -> dict[str, Any]:
+        tensors = required_inputs(request, list(self._inputs), self._max_elements, _as_torch)
+        output = _guarded(self._name, lambda: self._runner.run([tensors[name] for name in self._inputs]))
         return {next(iter(self._outputs)): output}
 
 
@@ -77,7 +86,7 @@ class TorchVaeStagesModel:
     def execute(self, requests: list[Any]) -> list[Any]:
         return reply_each(requests, self._infer)
 
-    def _infer(self, request: Any) -> dict[str, np.ndarray]:
-        arrays = required_inputs(request, [STAGE, HIDDEN], self._max_elements)
-        runner = self._runners[stage_index(arrays[STAGE], len(self._runners))]
-        return {HIDDEN_OUT: _guarded(self._name, lambda: runner([arrays[HIDDEN]]))}
+    def _infer(self, request: Any) -> dict[str, Any]:
+        tensors = required_inputs(request, [STAGE, HIDDEN], self._max_elements, _as_torch)
+        runner = self._runners[stage_index(tensors[STAGE], len(self._runners))]
+        return {HIDDEN_OUT: _guarded(self._name, lambda: runner.run([tensors[HIDDEN]]))}

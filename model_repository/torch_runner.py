@@ -3,14 +3,15 @@ and run them on numpy inputs, in float16 with optional CUDA graphs on a GPU, in 
 
 `load_graph(model_dir, graph, dtype)` returns the module behind one exported graph (export/graphs.py, the modules
 the ONNX graphs were traced from) or the list of VAE stages (export/vae_stages.py), from the `torch/` directory
-the exporter writes (export/layout.py TORCH_MODULE_DIRS). `GraphRunner` runs one such module: floating inputs are
-cast to the module's dtype, the output comes back as float32 numpy.
+the exporter writes (export/layout.py TORCH_MODULE_DIRS). `GraphRunner` runs one such module on tensors wherever
+they lie (`run`: moved to its device, floating ones cast to its dtype; the output a fresh float32 tensor on its device)
+or on numpy arrays (`__call__`: the output as float32 numpy).
 
 CUDA graphs (`max_cuda_graphs` > 0, CUDA only): the first call at a new set of input shapes runs eagerly (it warms
 up the kernels) and captures a graph for those shapes into one memory pool shared by all of this runner's graphs;
 later calls at those shapes copy their inputs into the graph's static inputs and replay it. Sharing the pool is
 safe because a runner's graphs never run concurrently (one Triton model instance executes one request at a time)
-and each output is copied to the host before the next replay. At most `max_cuda_graphs` shapes are captured; other
+and each output is copied out of the graph's memory (the float32 cast of the fp16 output) before the next replay. At most `max_cuda_graphs` shapes are captured; other
 shapes run eagerly.
 """
 
@@ -76,7 +77,7 @@ class _CapturedGraph:
 
 
 class GraphRunner:
-    """Runs one module on numpy arrays (positional, in the module's argument order)."""
+    """Runs one module on tensors or numpy arrays (positional, in the module's argument order)."""
 
     def __init__(self, module: nn.Module, device: torch.device, max_cuda_graphs: int = 0) -> None:
         self._module = module.to(device)
@@ -90,23 +91,28 @@ class GraphRunner:
     def captured_shapes(self) -> list[tuple[tuple[int, ...], ...]]:
         return list(self._graphs)
 
-    def _tensor(self, array: np.ndarray) -> torch.Tensor:
-        tensor = torch.from_numpy(np.ascontiguousarray(array)).to(self._device, non_blocking=True)
+    def _input(self, tensor: torch.Tensor) -> torch.Tensor:
+        tensor = tensor.to(self._device, non_blocking=True)
         return tensor.to(self._dtype) if tensor.is_floating_point() else tensor
 
-    def __call__(self, arrays: Sequence[np.ndarray]) -> np.ndarray:
-        inputs = [self._tensor(array) for array in arrays]
+    def run(self, tensors: Sequence[torch.Tensor]) -> torch.Tensor:
+        """The module on `tensors` (positional); a float32 tensor on the runner's device, in memory of its own (never
+        a captured graph's output buffer, which the next replay overwrites)."""
         with torch.inference_mode():
-            output = self._run(inputs)
-            return output.float().cpu().numpy()
+            output, replayed = self._run([self._input(tensor) for tensor in tensors])
+            return output.to(torch.float32, copy=replayed)
 
-    def _run(self, inputs: list[torch.Tensor]) -> torch.Tensor:
+    def __call__(self, arrays: Sequence[np.ndarray]) -> np.ndarray:
+        return self.run([torch.from_numpy(np.ascontiguousarray(array)) for array in arrays]).cpu().numpy()
+
+    def _run(self, inputs: list[torch.Tensor]) -> tuple[torch.Tensor, bool]:
+        """The output, and whether it is a captured graph's output buffer."""
         key = tuple(tuple(tensor.shape) for tensor in inputs)
         graph = self._graphs.get(key)
         if graph is not None:
-            return graph.run(inputs)
+            return graph.run(inputs), True
         output = self._module(*inputs)
         if len(self._graphs) < self._max_graphs:  # this eager call was the warm-up: capture right after it
             torch.cuda.synchronize(self._device)
             self._graphs[key] = _CapturedGraph(self._module, inputs, self._pool)
-        return output
+        return output, False

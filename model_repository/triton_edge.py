@@ -16,7 +16,8 @@ from __future__ import annotations
 import json
 import re
 import threading
-from typing import Any, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -39,12 +40,14 @@ def config_parameters(args: Mapping[str, str]) -> dict[str, str]:
     return {key: value["string_value"] for key, value in config.get("parameters", {}).items()}
 
 
-def input_arrays(request: Any, names: Sequence[str]) -> dict[str, np.ndarray | None]:
-    """The named inputs of a request as numpy arrays; None for an input the client did not send."""
-    arrays: dict[str, np.ndarray | None] = {}
+def input_arrays(request: Any, names: Sequence[str],
+                 adopt: Callable[[Any], Any] | None = None) -> dict[str, Any | None]:
+    """The named inputs of a request as numpy arrays, or as `adopt` makes them of the Triton tensors (through DLPack,
+    wherever they lie); None for an input the client did not send."""
+    arrays: dict[str, Any | None] = {}
     for name in names:
         tensor = pb().get_input_tensor_by_name(request, name)
-        arrays[name] = None if tensor is None else tensor.as_numpy()
+        arrays[name] = None if tensor is None else tensor.as_numpy() if adopt is None else adopt(tensor)
     return arrays
 
 
@@ -64,10 +67,22 @@ def request_id(request: Any) -> str:
     return request.request_id() or ""
 
 
-def response(outputs: Mapping[str, np.ndarray]) -> Any:
+TensorValue = Any  # an np.ndarray, or any C-contiguous tensor with `__dlpack__` (torch, on the host or a GPU)
+
+
+def _triton_tensor(name: str, value: TensorValue) -> Any:
+    """A Triton tensor (BLS input, response output). A DLPack tensor is handed over without a copy in this process;
+    giving `from_dlpack` the tensor itself (not a capsule) makes the stub synchronise with the stream that produced
+    it before Triton reads it."""
     utils = pb()
-    return utils.InferenceResponse([utils.Tensor(name, np.ascontiguousarray(array))
-                                    for name, array in outputs.items()])
+    if isinstance(value, np.ndarray):
+        return utils.Tensor(name, np.ascontiguousarray(value))
+    return utils.Tensor.from_dlpack(name, value)
+
+
+def response(outputs: Mapping[str, Any]) -> Any:
+    """A response of numpy arrays or DLPack tensors (`_triton_tensor`)."""
+    return pb().InferenceResponse([_triton_tensor(name, value) for name, value in outputs.items()])
 
 
 def error_response(error: BaseException) -> Any:
@@ -94,20 +109,29 @@ def send_final(sender: Any, outcome: Mapping[str, np.ndarray] | BaseException) -
     sender.send(message, flags=final_flag())
 
 
-def _bls_request(model: str, inputs: Mapping[str, np.ndarray], outputs: Sequence[str], request_id: str = "",
-                 parameters: Mapping[str, object] | None = None) -> Any:
+@dataclass(frozen=True)
+class OutputMemory:
+    """Where a BLS call asks Triton to put its outputs, and how it reads them.
+
+    The default: host memory, read as numpy (a GPU model's outputs are then copied to the host by Triton; a CPU
+    model's are there already). With `adopt` (a Triton tensor -> the caller's array, through DLPack) the outputs
+    stay where `gpu` says (a GPU index, or None for the host) and are never turned into numpy.
+    """
+
+    gpu: int | None = None
+    adopt: Callable[[Any], Any] | None = None
+
+
+HOST_NUMPY = OutputMemory()
+def _bls_request(model: str, inputs: Mapping[str, TensorValue], outputs: Sequence[str], request_id: str = "",
+                 parameters: Mapping[str, object] | None = None, memory: OutputMemory = HOST_NUMPY) -> Any:
     utils = pb()
+    preferred = (utils.PreferredMemory(utils.TRITONSERVER_MEMORY_CPU, 0) if memory.gpu is None
+                 else utils.PreferredMemory(utils.TRITONSERVER_MEMORY_GPU, memory.gpu))
     return utils.InferenceRequest(model_name=model, requested_output_names=list(outputs),
-                                  inputs=[utils.Tensor(name, np.ascontiguousarray(array))
-                                          for name, array in inputs.items()],
+                                  inputs=[_triton_tensor(name, value) for name, value in inputs.items()],
                                   request_id=request_id, parameters=dict(parameters or {}),
-                                  preferred_memory=_host_memory(utils))
-
-
-def _host_memory(utils: Any) -> Any:
-    """The callers turn outputs into numpy: ask for them in host memory. A GPU model (target `gpu`) then gets
-    its outputs copied to the host by Triton; a CPU model's outputs are there already."""
-    return utils.PreferredMemory(utils.TRITONSERVER_MEMORY_CPU, 0)
+                                  preferred_memory=preferred)
 
 
 _PATH = re.compile(r"(?:[A-Za-z]:)?(?:/[^\s/'\"():,]+){2,}/?")
@@ -138,7 +162,7 @@ def _bls_failure(model: str, error: Any) -> SynerDiffError:
     return ExecutionFailed(message if model == "diffusion" else f"{model} failed: {message}")
 
 
-def _outputs(model: str, reply: Any, outputs: Sequence[str]) -> dict[str, np.ndarray]:
+def _outputs(model: str, reply: Any, outputs: Sequence[str], memory: OutputMemory) -> dict[str, Any]:
     if reply.has_error():
         raise _bls_failure(model, reply.error())
     arrays = {}
@@ -146,14 +170,16 @@ def _outputs(model: str, reply: Any, outputs: Sequence[str]) -> dict[str, np.nda
         tensor = pb().get_output_tensor_by_name(reply, name)
         if tensor is None:
             raise ExecutionFailed(f"{model} returned no {name}")
-        arrays[name] = tensor.as_numpy()
+        arrays[name] = tensor.as_numpy() if memory.adopt is None else memory.adopt(tensor)
     return arrays
 
 
-async def bls_infer(model: str, inputs: Mapping[str, np.ndarray], outputs: Sequence[str]) -> dict[str, np.ndarray]:
-    """One BLS call, awaited on the caller's event loop; raises a `SynerDiffError` on failure."""
-    reply = await _bls_request(model, inputs, outputs).async_exec()
-    return _outputs(model, reply, outputs)
+async def bls_infer(model: str, inputs: Mapping[str, TensorValue], outputs: Sequence[str],
+                    memory: OutputMemory = HOST_NUMPY) -> dict[str, Any]:
+    """One BLS call, awaited on the caller's event loop; its outputs as `memory` says (numpy by default). Raises a
+    `SynerDiffError` on failure."""
+    reply = await _bls_request(model, inputs, outputs, memory=memory).async_exec()
+    return _outputs(model, reply, outputs, memory)
 
 
 def bls_stream_final(model: str, inputs: Mapping[str, np.ndarray], outputs: Sequence[str], request_id: str = "",

@@ -13,7 +13,8 @@ A request carrying only STOP_REQUEST_ID is a control request: every live request
 equals it ends CANCELLED, and the control request is answered with STOPPED (how many).
 
 Parameters: `model_dir`, `policy`, `max_waiting_requests`, `max_running_requests`, `queue_timeout_s` (0: none),
-`vae_chunking`, `profile` (the latency profile JSON; the synerdiff policies need it).
+`vae_chunking`, `profile` (the latency profile JSON; the synerdiff policies need it), `loop_tensors` (where the
+loop's tensors live: `numpy` in host memory, or `torch:cuda` on the GPU across BLS calls; bls_executor.py).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from model_repository import triton_edge
-from model_repository.bls_executor import BlsExecutor
+from model_repository.bls_executor import BlsExecutor, LoopTensors
 from model_repository.diffusion_metrics import DiffusionMetrics
 from scheduler_backend.engine import Engine, Event, RequestFinished, StepProgress, StepReport
 from scheduler_backend.errors import Cancelled, ExecutionFailed, Overloaded, SynerDiffError
@@ -77,9 +78,10 @@ class TritonPythonModel:
         manifest = read_manifest(parameters["model_dir"])
         self._limits = serving_limits(parameters, manifest)
         serving = serving_policy(parameters, self._limits)
-        self._executor = BlsExecutor()
+        tensors = LoopTensors.parse(parameters.get("loop_tensors") or "numpy")
+        self._executor = BlsExecutor(tensors.memory)
         self._engine = Engine(self._executor, serving.planner, self._limits, NoiseSchedule.from_dict(manifest["scheduler"]),
-                              chunking=serving.chunking, skip_cfg=serving.skip_cfg)
+                              chunking=serving.chunking, skip_cfg=serving.skip_cfg, arrays=tensors.arrays)
         self._metrics = DiffusionMetrics(triton_edge.MetricFactory(args["model_name"]))
         self._clients: dict[str, _Client] = {}
         self._ids = itertools.count()
@@ -90,7 +92,7 @@ class TritonPythonModel:
         self._task: asyncio.Task[None] | None = None
         self._wake: asyncio.Event | None = None
         triton_edge.log_info(f"diffusion: policy {serving.name} (VAE chunking {serving.chunking.describe()}, "
-                             f"Skip-CFG {serving.skip_cfg}), limits {self._limits}")
+                             f"Skip-CFG {serving.skip_cfg}), limits {self._limits}, tensors {tensors.arrays.name}")
 
     # -- intake ---------------------------------------------------------------------------------
 

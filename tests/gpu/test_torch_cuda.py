@@ -89,3 +89,42 @@ def test_fp32_on_cuda_matches_the_cpu_closely(tiny_dir: Path, no_tf32: None) -> 
     assert isinstance(gpu_module, torch.nn.Module) and isinstance(cpu_module, torch.nn.Module)
     inputs = unet_inputs(2)
     np.testing.assert_allclose(GraphRunner(gpu_module, CUDA)(inputs), GraphRunner(cpu_module, CPU)(inputs), atol=1e-3)
+
+
+def test_a_cuda_loop_gives_the_numpy_loops_images_bit_for_bit() -> None:
+    """The engine's arithmetic on CUDA tensors (eager float32 kernels, one per operation, no fused multiply-add)
+    against numpy, with the unit tests' fake models: their VAE turns a one-ulp latent difference into another
+    image."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "unit"))
+    from test_torch_arrays import run_mixed_workload
+
+    from model_repository.torch_arrays import TorchArrays
+    from scheduler_backend.arrays import NUMPY
+    from test_engine_mechanisms import STAGES, TILES
+
+    cuda = TorchArrays("cuda")
+    for chunking in (STAGES, TILES):
+        on_numpy, _ = run_mixed_workload("continuous", chunking, NUMPY)
+        on_cuda, _ = run_mixed_workload("continuous", chunking, cuda)
+        assert on_cuda.keys() == on_numpy.keys()
+        assert all(np.array_equal(on_cuda[key], on_numpy[key]) for key in on_numpy)
+
+
+def test_served_loop_on_the_gpu_gives_the_host_loops_images(tiny_dir: Path, tmp_path: Path) -> None:
+    """`gpu-torch` with the loop's tensors on the GPU (DLPack across BLS, outputs preferred on the GPU) and with them
+    in host memory: the same models get the same inputs, so the images are the same."""
+    from client import DiffusionClient, GenerationRequest
+    from export.render import ServingSettings, render_repository
+    from perf.server import Ports, TritonServer, free_ports
+
+    request = GenerationRequest(prompt="a red fox", num_steps=4, guidance_scale=7.5, seed=41, height=48, width=80)
+    images = {}
+    for loop_tensors in ("torch:cuda", "numpy"):
+        settings = ServingSettings(policy="continuous", max_running_requests=4, loop_tensors=loop_tensors)
+        name = loop_tensors.replace(":", "-")
+        repository = render_repository(tiny_dir, tmp_path / name, "gpu-torch", settings)
+        with TritonServer(repository, Ports(*free_ports(3)), tmp_path / f"{name}-{os.getpid()}.log") as server:
+            images[loop_tensors] = DiffusionClient(server.ports.grpc_url).generate(request, timeout_s=120).image
+    assert np.array_equal(images["torch:cuda"], images["numpy"])

@@ -44,11 +44,31 @@ def test_torch_targets_swap_the_four_models_for_torch_ones(tiny_dir: Path, tmp_p
         assert f'"{"cuda" if on_gpu else "cpu"}"' in config
         assert f"kind: {'KIND_GPU' if on_gpu else 'KIND_CPU'}" in config
         assert "torch_models" in (torch / model / "1" / "model.py").read_text()
+        assert 'FORCE_CPU_ONLY_INPUT_TENSORS" value: { string_value: "no" }' in config  # a GPU loop's stay there
     unet = (torch / "unet" / "config.pbtxt").read_text()
     graphs = re.search(r'"max_cuda_graphs" value: \{ string_value: "(\d+)"', unet)
     assert graphs is not None and (int(graphs.group(1)) > 0) == on_gpu
-    for model in models(cpu) - set(SWAPPED):  # the loop, preprocessing and the ensemble are the same everywhere
-        assert (torch / model / "config.pbtxt").read_text() == (cpu / model / "config.pbtxt").read_text()
+    for model in models(cpu) - set(SWAPPED):  # the loop, preprocessing and the ensemble are the same everywhere ...
+        assert (torch / model / "config.pbtxt").read_text() == (cpu / model / "config.pbtxt").read_text().replace(
+            'loop_tensors" value: { string_value: "numpy"',  # ... but where the loop keeps its tensors
+            f'loop_tensors" value: {{ string_value: "torch:{"cuda" if on_gpu else "cpu"}"')
+
+
+@pytest.mark.parametrize("target, expected", [("cpu", "numpy"), ("cpu-torch", "torch:cpu"), ("gpu-torch", "torch:cuda")])
+def test_each_target_chooses_where_the_loop_keeps_its_tensors_and_a_setting_overrides_it(
+        tiny_dir: Path, tmp_path: Path, target: str, expected: str) -> None:
+    def loop_tensors(repository: Path) -> str:
+        found = re.search(r'"loop_tensors" value: \{ string_value: "([^"]*)"',
+                          (repository / "diffusion" / "config.pbtxt").read_text())
+        assert found is not None
+        return found.group(1)
+
+    assert loop_tensors(render_repository(tiny_dir, tmp_path / "default", target, SETTINGS)) == expected
+    chosen = ServingSettings(policy="continuous", loop_tensors="torch:cpu")
+    assert loop_tensors(render_repository(tiny_dir, tmp_path / "chosen", target, chosen)) == "torch:cpu"
+    with pytest.raises(RenderError, match="loop_tensors 'torch:gpu'"):
+        render_repository(tiny_dir, tmp_path / "bad", target, ServingSettings(policy="continuous",
+                                                                               loop_tensors="torch:gpu"))
 
 
 def test_every_variant_template_keeps_the_cpu_contract() -> None:

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from model_repository.torch_arrays import TorchArrays
-from scheduler_backend.arrays import NUMPY, Arrays
+from scheduler_backend.arrays import NUMPY, Arrays, NumpyArrays
 from scheduler_backend.engine import Engine, RequestFinished
 from scheduler_backend.limits import Limits
 from scheduler_backend.policies import POLICIES, PolicySettings, make_policy
@@ -25,34 +25,40 @@ TORCH_CPU = TorchArrays("cpu")
 
 @dataclass
 class TorchExecutor:
-    """The fake executor behind torch tensors: checks that the engine hands it tensors of the loop's device, and
-    answers in tensors, as the BLS executor of a torch loop does."""
+    """The fake executor behind torch tensors: checks that the engine hands it contiguous float32 tensors of the
+    loop's device, and answers in tensors of that device, as the BLS executor of a torch loop does."""
 
+    arrays: TorchArrays
     numpy_executor: FakeExecutor = field(default_factory=FakeExecutor)
 
-    @staticmethod
-    def _host(tensor: Any) -> np.ndarray:
-        assert isinstance(tensor, torch.Tensor) and tensor.dtype == torch.float32 and tensor.device == TORCH_CPU.device
+    def _host(self, tensor: Any) -> np.ndarray:
+        assert isinstance(tensor, torch.Tensor) and tensor.dtype == torch.float32
+        assert tensor.device == self.arrays.device
         assert tensor.is_contiguous(), "a BLS input must be contiguous"
-        return tensor.numpy()
+        return tensor.cpu().numpy()
+
+    def _device(self, array: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(array).to(self.arrays.device)
 
     async def run_unet(self, samples: Any, timesteps: Any, text_embeddings: Any) -> torch.Tensor:
-        return torch.from_numpy(await self.numpy_executor.run_unet(
+        return self._device(await self.numpy_executor.run_unet(
             self._host(samples), self._host(timesteps), self._host(text_embeddings)))
 
     async def run_vae(self, latents: Any) -> torch.Tensor:
-        return torch.from_numpy(await self.numpy_executor.run_vae(self._host(latents)))
+        return self._device(await self.numpy_executor.run_vae(self._host(latents)))
 
     async def run_vae_stage(self, stage: int, hidden: Any) -> torch.Tensor:
-        return torch.from_numpy(await self.numpy_executor.run_vae_stage(stage, self._host(hidden)))
+        return self._device(await self.numpy_executor.run_vae_stage(stage, self._host(hidden)))
 
 
 def run_mixed_workload(policy_name: str, chunking: Any, arrays: Arrays) -> tuple[dict[str, np.ndarray], FakeExecutor]:
+    """test_engine_mechanisms' mixed workload under `policy_name` on `arrays` (NUMPY or a TorchArrays): the images,
+    and the numpy fake executor that recorded the calls."""
     limits = Limits(STAGED, max_waiting_requests=64, max_running_requests=3)
     policy = make_policy(policy_name, limits, PROFILE, PolicySettings(vae_chunking=chunking,
                                                                         static_max_queue_delay_s=0.0))
     fake = FakeExecutor()
-    executor = fake if arrays is NUMPY else TorchExecutor(fake)
+    executor = fake if isinstance(arrays, NumpyArrays) else TorchExecutor(arrays, fake)
     engine = Engine(executor, policy.planner, limits, SCHEDULE, chunking=policy.chunking, skip_cfg=policy.skip_cfg,
                     arrays=arrays)
     events = asyncio.run(serve(engine))

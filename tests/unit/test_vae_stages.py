@@ -106,7 +106,7 @@ def test_a_stage_out_of_range_is_an_invalid_argument(stage: int) -> None:
 def served(tiny_dir: Path, monkeypatch: pytest.MonkeyPatch) -> VaeStagesModel:
     """The Triton model over the tiny export, with the edge faked: a request is a dict of input arrays, a
     response ("ok", outputs) or ("error", the SynerDiffError)."""
-    monkeypatch.setattr(triton_edge, "input_arrays", lambda request, names: {n: request.get(n) for n in names})
+    monkeypatch.setattr(triton_edge, "input_arrays", lambda request, names, adopt=None: {n: request.get(n) for n in names})
     monkeypatch.setattr(triton_edge, "response", lambda outputs: ("ok", dict(outputs)))
     monkeypatch.setattr(triton_edge, "error_response", lambda error: ("error", error))
     monkeypatch.setattr(triton_edge, "log_error", lambda message: None)
