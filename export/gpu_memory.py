@@ -4,9 +4,11 @@ Two tritonserver pools carry the tensors that cross between models:
 * `--cuda-memory-pool-byte-size=<gpu>:<bytes>` (Triton's default: 64 MiB): device buffers for tensors handed
   between models on the GPU, e.g. the stage activations the `vae_stages` router of the `gpu` target passes to and
   from the TensorRT stage engines, and the inputs the TensorRT engines receive;
+  and, with the `diffusion` loop's tensors on the GPU (`loop_tensors` torch:cuda, the GPU targets' default), every
+  tensor the loop hands a model and takes back;
 * `--pinned-memory-pool-byte-size=<bytes>` (default: 256 MiB): page-locked host buffers that stage the copies
-  between host and device: the `diffusion` loop keeps its tensors in host memory (numpy), so every BLS call into
-  a GPU model copies its inputs in and its outputs back.
+  between host and device: with the loop's tensors in host memory (`loop_tensors` numpy), every BLS call into a GPU
+  model copies its inputs in and its outputs back through them.
 When a pool runs short Triton falls back to slower paths (CUDA IPC, pageable copies) with a warning; never to an
 error. So the sizes below are for speed, not for correctness.
 
@@ -14,7 +16,8 @@ Sizing rule (`memory_pools`): the tensors of one loop iteration in flight at onc
 (2 * max_running_requests rows at the largest latent: SAMPLE, TIMESTEP, ENCODER_HIDDEN_STATES, NOISE_PRED) and one
 VAE call of `vae_images` images at the largest latent (input plus output of the biggest chunk of the chunking in
 use: the whole decode for `whole` and `tiles`, the biggest stage for `stages`); plus a quarter for headroom,
-rounded up to a MiB, and never below Triton's defaults.
+rounded up to a MiB, and never below Triton's defaults. That goes to the pool the loop's tensors cross: the CUDA
+pool always (the models hand tensors to each other there), the pinned pool only when the loop is on the host.
 """
 
 from __future__ import annotations
@@ -70,7 +73,7 @@ def _pool(need_bytes: float, floor_bytes: int) -> int:
 
 
 def memory_pools(manifest: Mapping[str, Any], max_running_requests: int, vae_chunking: str = "stages",
-                 vae_images: int = 1) -> MemoryPools:
+                 vae_images: int = 1, loop_on_gpu: bool = True) -> MemoryPools:
     """Pool sizes for serving this export with these bounds (the rule of the module docstring)."""
     side = LatentSides.from_manifest(manifest).max
     chunks = vae_chunk_bytes(manifest, side)
@@ -79,7 +82,8 @@ def memory_pools(manifest: Mapping[str, Any], max_running_requests: int, vae_chu
     else:
         vae_bytes = chunks["whole"]
     need = unet_call_bytes(manifest, 2 * max_running_requests, side) + vae_images * vae_bytes
-    return MemoryPools(_pool(need, DEFAULT_CUDA_POOL_BYTES), _pool(need, DEFAULT_PINNED_POOL_BYTES))
+    pinned = DEFAULT_PINNED_POOL_BYTES if loop_on_gpu else _pool(need, DEFAULT_PINNED_POOL_BYTES)
+    return MemoryPools(_pool(need, DEFAULT_CUDA_POOL_BYTES), pinned)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -88,9 +92,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--models", type=Path, required=True, help="exported model directory (manifest.json)")
     parser.add_argument("--max-running-requests", type=int, default=16)
     parser.add_argument("--vae-chunking", default="stages")
+    parser.add_argument("--loop-tensors", default="torch:cuda", help="where the loop keeps its tensors")
     args = parser.parse_args(argv)
     manifest = json.loads((args.models / MANIFEST_FILE).read_text())
-    print(" ".join(memory_pools(manifest, args.max_running_requests, args.vae_chunking).server_flags()))
+    pools = memory_pools(manifest, args.max_running_requests, args.vae_chunking,
+                         loop_on_gpu=args.loop_tensors.startswith("torch:cuda"))
+    print(" ".join(pools.server_flags()))
     return 0
 
 

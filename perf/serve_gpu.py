@@ -7,10 +7,11 @@ the memory pools sized for the export (export/gpu_memory.py), supervised as on C
 restarts the server when a stub dies; SIGTERM stops it cleanly). `--prepare-only` stops before serving (a build step,
 a Kubernetes init container).
 
-Defaults for a GPU differ from the CPU launcher (perf/serve.py) in one place: VAE chunking `tiles:2x2:4`. The loop
-keeps its tensors in host memory (numpy), so the exact `stages` chunks would carry the decoder's activations
-through the host between stages (384 MiB per 512 x 512 image for SD-1.5's stage 3; docs/design.md §6), while tiles
-carry only latents and image tiles. Serving keeps the CPU launcher's hygiene: model control `none`, the admin APIs
+Defaults for a GPU differ from the CPU launcher (perf/serve.py) in one place: the loop keeps its tensors on the GPU
+(`--loop-tensors torch:cuda`: DLPack across BLS calls), so the exact `stages` chunks hand the decoder's activations
+from engine to engine without leaving the device. With `--loop-tensors numpy` the default chunking becomes
+`tiles:2x2:4`: stage activations would cross the host (384 MiB per 512 x 512 image for SD-1.5's stage 3;
+docs/design.md §6), tiles carry only latents and image tiles. Serving keeps the CPU launcher's hygiene: model control `none`, the admin APIs
 behind the admin key (perf/server.py), and 127.0.0.1 unless `--address` says otherwise (the container's command
 does, see deploy/Dockerfile). Not run in this repository's CI: there is no GPU or container here.
 """
@@ -30,7 +31,12 @@ from scheduler_backend.policies import POLICIES, needs_profile
 
 ROOT = Path(__file__).resolve().parents[1]
 TRITONSERVER = "/opt/tritonserver/bin/tritonserver"  # in the NGC container
-GPU_VAE_CHUNKING = "tiles:2x2:4"
+GPU_LOOP_TENSORS = "torch:cuda"
+
+
+def default_vae_chunking(loop_tensors: str) -> str:
+    """Exact stages where the activations stay on the GPU; tiles where the loop would carry them through the host."""
+    return "stages" if loop_tensors.startswith("torch:cuda") else "tiles:2x2:4"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -44,7 +50,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "perf/profiles/h100-sd15-estimated.json is an estimate for SD-1.5 on an H100)")
     parser.add_argument("--max-waiting-requests", type=int, default=ServingSettings.max_waiting_requests)
     parser.add_argument("--max-running-requests", type=int, default=ServingSettings.max_running_requests)
-    parser.add_argument("--vae-chunking", default=GPU_VAE_CHUNKING)
+    parser.add_argument("--loop-tensors", default=GPU_LOOP_TENSORS,
+                        help="where the diffusion loop keeps its tensors: torch:cuda (default) or numpy (host)")
+    parser.add_argument("--vae-chunking", help="whole | stages | tiles[:RxC:overlap] (default: stages with the loop "
+                                               "on the GPU, tiles:2x2:4 with it on the host)")
     parser.add_argument("--vae-fp32", action="store_true", help="build the VAE engines in fp32")
     parser.add_argument("--address", default="127.0.0.1", help="bind address (default: loopback only)")
     parser.add_argument("--http-port", type=int, default=8000)
@@ -92,14 +101,17 @@ def prepare(args: argparse.Namespace) -> tuple[Path, MemoryPools]:
     if needs_profile(args.policy) and args.profile is None:
         raise SystemExit(f"policy {args.policy!r} needs --profile (a latency profile of these models on this GPU), "
                          f"or choose --policy continuous")
+    chunking = args.vae_chunking or default_vae_chunking(args.loop_tensors)
     settings = ServingSettings(policy=args.policy, max_waiting_requests=args.max_waiting_requests,
-                               max_running_requests=args.max_running_requests, vae_chunking=args.vae_chunking)
+                               max_running_requests=args.max_running_requests, vae_chunking=chunking,
+                               loop_tensors=args.loop_tensors)
     if args.profile is not None:
         settings = replace(settings, profile=str(args.profile.resolve()))
     repository = render_repository(model_dir, args.build_dir / "repository" / f"{name}-{target}", target, settings)
     manifest = json.loads((model_dir / "manifest.json").read_text())
     print(f"rendered {target} repository at {repository}", flush=True)
-    return repository, memory_pools(manifest, args.max_running_requests, args.vae_chunking)
+    return repository, memory_pools(manifest, args.max_running_requests, chunking,
+                                    loop_on_gpu=args.loop_tensors.startswith("torch:cuda"))
 
 
 def gpu_server(repository: Path, pools: MemoryPools, address: str, ports: Ports) -> TritonServer:

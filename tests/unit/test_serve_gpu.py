@@ -61,3 +61,10 @@ def test_without_tensorrt_auto_serves_the_torch_fallback(monkeypatch: pytest.Mon
     assert serve_gpu.choose_target("gpu") == "gpu"
     monkeypatch.setattr(serve_gpu, "import_tensorrt", lambda: object())
     assert serve_gpu.choose_target("auto") == "gpu"
+
+
+def test_chunking_follows_where_the_loop_keeps_its_tensors() -> None:
+    """Exact stages when the activations stay on the GPU; tiles when the loop would carry them through the host."""
+    assert serve_gpu.default_vae_chunking(serve_gpu.GPU_LOOP_TENSORS) == "stages"
+    assert serve_gpu.default_vae_chunking("torch:cuda:1") == "stages"
+    assert serve_gpu.default_vae_chunking("numpy") == "tiles:2x2:4"
