@@ -323,14 +323,14 @@ class Engine:
     async def _run_unet(self, batch: list[_Generation], skips: frozenset[str]) -> Array:
         """One UNet call over `batch`: a request's latent goes in once per text row (twice with CFG), scaled by its
         sampler's input scale, at its own timestep."""
-        row_of_request, timesteps, input_scales = [], [], []
+        request_of_row, timesteps, input_scales = [], [], []
         for index, generation in enumerate(batch):
             plan, k, count = generation.sampler_plan, generation.steps_done, len(_rows(generation, skips))
-            row_of_request += [index] * count
+            request_of_row += [index] * count
             timesteps += [plan.model_timesteps[k]] * count
             input_scales += [plan.input_scales[k]] * count
         per_row_values = self._arrays.from_host(np.array([timesteps, input_scales], dtype=np.float32))
-        latents = self._arrays.stack([generation.latent for generation in batch])[row_of_request]
+        latents = self._arrays.stack([generation.latent for generation in batch])[request_of_row]
         samples = latents * per_row(per_row_values[1], latents)
         embeddings = self._arrays.concat([_rows(generation, skips) for generation in batch])
         return await self._executor.run_unet(samples, per_row_values[0], embeddings)
@@ -339,7 +339,8 @@ class Engine:
         """Still the same live request (not aborted, and its id not reused, while a call ran)."""
         return self._live.get(generation.request_id) is generation
 
-    def _apply_unet(self, batch: list[_Generation], skips: frozenset[str], outcome: Array | BaseException) -> list[Event]:
+    def _apply_unet(self, batch: list[_Generation], skips: frozenset[str],
+                    outcome: Array | BaseException) -> list[Event]:
         row_counts = [len(_rows(generation, skips)) for generation in batch]
         expected = (sum(row_counts), *batch[0].latent.shape)
         if not isinstance(outcome, BaseException) and tuple(outcome.shape) != expected:
@@ -348,9 +349,8 @@ class Engine:
             return self._fail(batch, outcome, "UNet")
         survivors: list[_Generation] = []
         uncond_rows, cond_rows, guidance, sample_coefs, noise_coefs = [], [], [], [], []
-        first_row = 0
-        for generation, count in zip(batch, row_counts):
-            row, first_row = first_row, first_row + count
+        first_rows = np.cumsum([0, *row_counts[:-1]]).tolist()
+        for generation, count, row in zip(batch, row_counts, first_rows):
             if not self._is_live(generation):
                 continue  # aborted while the call ran
             plan, k = generation.sampler_plan, generation.steps_done
