@@ -31,6 +31,7 @@ from typing import Any, Mapping
 
 from export.engine_profiles import LatentSides, vae_stage_input_geometry
 from export.layout import MANIFEST_FILE, TEXT_MAX_LENGTH
+from model_repository.bls_executor import loop_on_gpu
 
 FLOAT32_BYTES = 4
 MIB = 2**20
@@ -96,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     manifest = json.loads((args.models / MANIFEST_FILE).read_text())
     pools = memory_pools(manifest, args.max_running_requests, args.vae_chunking,
-                         loop_on_gpu=args.loop_tensors.startswith("torch:cuda"))
+                         loop_on_gpu=loop_on_gpu(args.loop_tensors))
     print(" ".join(pools.server_flags()))
     return 0
 

@@ -33,6 +33,11 @@ def torch_loop_device(text: str) -> str | None:
     return device
 
 
+def loop_on_gpu(text: str) -> bool:
+    """Whether a `loop_tensors` value keeps the loop's tensors on a GPU (ValueError for a bad value)."""
+    return (torch_loop_device(text) or "").startswith("cuda")
+
+
 @dataclass(frozen=True)
 class LoopTensors:
     arrays: Arrays

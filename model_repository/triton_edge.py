@@ -123,6 +123,8 @@ class OutputMemory:
 
 
 HOST_NUMPY = OutputMemory()
+
+
 def _bls_request(model: str, inputs: Mapping[str, TensorValue], outputs: Sequence[str], request_id: str = "",
                  parameters: Mapping[str, object] | None = None, memory: OutputMemory = HOST_NUMPY) -> Any:
     utils = pb()
@@ -162,16 +164,23 @@ def _bls_failure(model: str, error: Any) -> SynerDiffError:
     return ExecutionFailed(message if model == "diffusion" else f"{model} failed: {message}")
 
 
-def _outputs(model: str, reply: Any, outputs: Sequence[str], memory: OutputMemory) -> dict[str, Any]:
+def _reply_tensors(model: str, reply: Any, outputs: Sequence[str]) -> list[Any]:
+    """The named output tensors of a BLS reply, as Triton gave them; its error, or a missing output, raised as a
+    `SynerDiffError`."""
     if reply.has_error():
         raise _bls_failure(model, reply.error())
-    arrays = {}
+    found = []
     for name in outputs:
         tensor = pb().get_output_tensor_by_name(reply, name)
         if tensor is None:
             raise ExecutionFailed(f"{model} returned no {name}")
-        arrays[name] = tensor.as_numpy() if memory.adopt is None else memory.adopt(tensor)
-    return arrays
+        found.append(tensor)
+    return found
+
+
+def _outputs(model: str, reply: Any, outputs: Sequence[str], memory: OutputMemory) -> dict[str, Any]:
+    read = memory.adopt or (lambda tensor: tensor.as_numpy())
+    return {name: read(tensor) for name, tensor in zip(outputs, _reply_tensors(model, reply, outputs))}
 
 
 async def bls_infer(model: str, inputs: Mapping[str, TensorValue], outputs: Sequence[str],
@@ -228,18 +237,9 @@ def bls_forward(model: str, tensors: Sequence[Any], outputs: Sequence[str]) -> l
     """Call `model` with Triton tensors as they are and return its output tensors as they come: nothing is copied
     in this process and no memory is preferred, so device tensors stay on the device. Blocking; raises a
     `SynerDiffError` on failure."""
-    utils = pb()
-    reply = utils.InferenceRequest(model_name=model, requested_output_names=list(outputs),
-                                   inputs=list(tensors)).exec()
-    if reply.has_error():
-        raise _bls_failure(model, reply.error())
-    found = []
-    for name in outputs:
-        tensor = utils.get_output_tensor_by_name(reply, name)
-        if tensor is None:
-            raise ExecutionFailed(f"{model} returned no {name}")
-        found.append(tensor)
-    return found
+    reply = pb().InferenceRequest(model_name=model, requested_output_names=list(outputs),
+                                  inputs=list(tensors)).exec()
+    return _reply_tensors(model, reply, outputs)
 
 
 def tensor_response(tensors: Sequence[Any]) -> Any:

@@ -26,6 +26,7 @@ from pathlib import Path
 from export.gpu_memory import MemoryPools, memory_pools
 from export.render import ServingSettings, render_repository
 from export.tensorrt_build import TensorRTUnavailable, build_engines, import_tensorrt, read_engines
+from model_repository.bls_executor import loop_on_gpu
 from perf.server import Ports, TritonServer, serve_in_foreground
 from scheduler_backend.policies import POLICIES, needs_profile
 
@@ -36,7 +37,7 @@ GPU_LOOP_TENSORS = "torch:cuda"
 
 def default_vae_chunking(loop_tensors: str) -> str:
     """Exact stages where the activations stay on the GPU; tiles where the loop would carry them through the host."""
-    return "stages" if loop_tensors.startswith("torch:cuda") else "tiles:2x2:4"
+    return "stages" if loop_on_gpu(loop_tensors) else "tiles:2x2:4"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -111,7 +112,7 @@ def prepare(args: argparse.Namespace) -> tuple[Path, MemoryPools]:
     manifest = json.loads((model_dir / "manifest.json").read_text())
     print(f"rendered {target} repository at {repository}", flush=True)
     return repository, memory_pools(manifest, args.max_running_requests, chunking,
-                                    loop_on_gpu=args.loop_tensors.startswith("torch:cuda"))
+                                    loop_on_gpu=loop_on_gpu(args.loop_tensors))
 
 
 def gpu_server(repository: Path, pools: MemoryPools, address: str, ports: Ports) -> TritonServer:
