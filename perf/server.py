@@ -7,8 +7,8 @@ the process hygiene that Triton 2.51 needs on this kind of host (research/feasib
 - bound to 127.0.0.1, model control mode `none`, the admin APIs (model repository, shared memory, trace,
   logging) restricted to clients that send the `synerdiff-admin-key` header with the server's admin key (a
   random one unless `SYNERDIFF_ADMIN_KEY` is set, so by default nobody has them);
-- stop: SIGTERM, wait past the exit timeout, then SIGKILL the server and the stubs it started, and
-  remove the shared-memory regions named on those stubs' command lines (an open gRPC stream can keep
+- stop: SIGTERM, wait past the exit timeout, then SIGKILL the server and the stubs it started, wait until
+  they are gone, and remove the shared-memory regions named on those stubs' command lines (an open gRPC stream can keep
   a decoupled model's stub alive after the server has given up on it).
 """
 
@@ -255,6 +255,8 @@ class TritonServer:
             code = None
         for stub in stubs:
             kill_quietly(stub.pid)
+        wait_until_dead([stub.pid for stub in stubs])
+        for stub in stubs:
             if stub.shm_region:
                 Path("/dev/shm", stub.shm_region).unlink(missing_ok=True)
         self.stubs = []
@@ -326,6 +328,14 @@ def is_alive(pid: int) -> bool:
     except (OSError, IndexError):
         return False
     return state not in ("Z", "X")
+
+
+def wait_until_dead(pids: Sequence[int], timeout_s: float = 10.0) -> None:
+    """Return once none of `pids` is alive: SIGKILL is delivered asynchronously, so a process just killed
+    may still be running for a moment (longer on a loaded machine)."""
+    deadline = time.monotonic() + timeout_s
+    while any(is_alive(pid) for pid in pids) and time.monotonic() < deadline:
+        time.sleep(0.02)
 
 
 def kill_quietly(pid: int) -> None:
