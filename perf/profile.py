@@ -1,18 +1,19 @@
 """The offline profiler: measures a `LatencyProfile` of one exported model on this machine (`synerdiff profile`).
 
-Everything runs in-process with ONNX Runtime at the manifest's default latent size (default_size //
-vae_scale_factor), in sessions made as the server makes them (model_repository.onnx_model.quiet_session), so the
-costs are those the server's model instances see:
+Everything runs in-process at the manifest's default latent size (default_size // vae_scale_factor), under a
+runtime (perf/runtimes.py): ONNX Runtime in sessions made as the `cpu` target's models make them (the default), or
+the torch modules as `cpu-torch` / `gpu-torch` run them (`torch:cpu`, `torch:cuda`), so the costs are those the
+server's model instances see:
 - UNet: one call per measured row count (sample [R, C, h, w], a distinct timestep per row, text [R, 77, D]);
 - VAE chunks, per image: "whole" (vae_decoder on the full latent), "stage<k>" (the manifest's "vae_stages"
   graphs, each fed the previous stage's real output; absent from older exports) and "tile" (vae_decoder on
   one tile of `tile_grid` with `tile_overlap`, scheduler_backend.vae_chunks.tile_windows);
 - contention per chunk kind: the UNet at the threshold batch and the chunk, each looping on its own thread
-  and session at once (ORT releases the GIL; the server runs them in separate processes).
+  and runner at once (ORT and torch release the GIL; the server runs them in separate processes).
 
 Invariants: a latency is the median of `repeats` calls after `warmups` unmeasured ones at the same shape;
 contention factors are >= 1 (noise can make a concurrent call look faster than alone); a saved profile
-lives at profile_path(), keyed by machine and thread counts, and records the sha256 of the manifest it
+lives at profile_path(), keyed by machine, runtime and thread counts, and records the sha256 of the manifest it
 measured: ensure_profile() reuses it only for that same manifest.
 """
 
@@ -20,8 +21,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import platform
 import statistics
 import threading
 import time
@@ -31,11 +30,10 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
-import onnxruntime as ort
 
 from export.layout import MANIFEST_FILE
 from export.render import ServingSettings
-from model_repository.onnx_model import quiet_session
+from perf.runtimes import Call, Runner, runner, runners, runtime_facts
 from scheduler_backend.profile import Contention, LatencyProfile
 from scheduler_backend.vae_chunks import ChunkingSpec, StageShapes, VaeJob, Window, tile_windows
 
@@ -48,35 +46,19 @@ POLL_S = 0.002
 PROFILES_DIR = "profiles"
 
 Log = Callable[[str], None]
-Call = Callable[[], Any]  # one model call with fixed inputs
-
-
-def bind(session: ort.InferenceSession, feeds: dict[str, np.ndarray]) -> Call:
-    return lambda: session.run(None, feeds)
 
 
 # -- machine and model identity --------------------------------------------------------------------------
 
 
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
+def machine_facts(unet_threads: int, vae_threads: int, runtime: str = "onnx") -> dict[str, Any]:
+    """What a profile's numbers depend on besides the model: the machine, the runtime and the thread counts."""
+    return {**runtime_facts(runtime), "unet_threads": unet_threads, "vae_threads": vae_threads}
 
 
-def machine_facts(unet_threads: int, vae_threads: int) -> dict[str, Any]:
-    """What a profile's numbers depend on besides the model: the CPU, ORT and the thread counts."""
-    return {"cpu": cpu_model(), "cpu_count": os.cpu_count(), "onnxruntime": ort.__version__,
-            "unet_threads": unet_threads, "vae_threads": vae_threads}
-
-
-def machine_key(unet_threads: int, vae_threads: int) -> str:
+def machine_key(unet_threads: int, vae_threads: int, runtime: str = "onnx") -> str:
     """12 hex digits, the same for the same machine facts (stable across processes and runs)."""
-    facts = json.dumps(machine_facts(unet_threads, vae_threads), sort_keys=True)
+    facts = json.dumps(machine_facts(unet_threads, vae_threads, runtime), sort_keys=True)
     return hashlib.sha256(facts.encode()).hexdigest()[:12]
 
 
@@ -85,8 +67,8 @@ def manifest_sha256(model_dir: Path) -> str:
 
 
 def profile_path(model_dir: Path | str, unet_threads: int = ServingSettings.unet_threads,
-                 vae_threads: int = ServingSettings.vae_threads) -> Path:
-    return Path(model_dir) / PROFILES_DIR / f"{machine_key(unet_threads, vae_threads)}.json"
+                 vae_threads: int = ServingSettings.vae_threads, runtime: str = "onnx") -> Path:
+    return Path(model_dir) / PROFILES_DIR / f"{machine_key(unet_threads, vae_threads, runtime)}.json"
 
 
 # -- timing ----------------------------------------------------------------------------------------------
@@ -147,43 +129,42 @@ def contention(unet: Call, unet_solo_s: float, chunk: Call, chunk_solo_s: float)
 # -- the calls that are measured -------------------------------------------------------------------------
 
 
-def unet_call(session: ort.InferenceSession, manifest: Mapping[str, Any], rows: int, latent_hw: tuple[int, int],
-              rng: np.random.Generator) -> Call:
+def unet_inputs(manifest: Mapping[str, Any], rows: int, latent_hw: tuple[int, int],
+                rng: np.random.Generator) -> list[np.ndarray]:
+    """A UNet call's inputs: sample [R, C, h, w], a distinct timestep per row, text [R, 77, D]."""
     text = manifest["text"]
-    return bind(session, {
-        "sample": rng.standard_normal((rows, manifest["latent_channels"], *latent_hw), dtype=np.float32),
-        "timestep": np.linspace(999, 1, rows, dtype=np.float32),  # distinct per row
-        "encoder_hidden_states": rng.standard_normal((rows, text["max_length"], text["hidden_size"]),
-                                                     dtype=np.float32),
-    })
+    return [rng.standard_normal((rows, manifest["latent_channels"], *latent_hw), dtype=np.float32),
+            np.linspace(999, 1, rows, dtype=np.float32),
+            rng.standard_normal((rows, text["max_length"], text["hidden_size"]), dtype=np.float32)]
 
 
-def stage_calls(model_dir: Path, manifest: Mapping[str, Any], latent: np.ndarray, threads: int) -> dict[str, Call]:
-    """"stage<k>" -> a call of stage k on stage k-1's real output for `latent` [C, h, w] (stage 0 on the latent);
-    empty when the export has no "vae_stages". Each stage runs once here (checking its output shape)."""
-    stages = manifest.get("vae_stages")
-    if stages is None:
+def stage_calls(stages: Sequence[Runner], manifest: Mapping[str, Any], latent: np.ndarray) -> dict[str, Call]:
+    """"stage<k>" -> a call of stage k on stage k-1's real output for `latent` [C, h, w] (stage 0 on the latent).
+    Each stage runs once here (checking its output shape); none without stages."""
+    if not stages:
         return {}
+    vae_stages = manifest["vae_stages"]
     job = VaeJob(latent, ChunkingSpec("stages"), manifest["vae_scale_factor"],
-                 StageShapes(tuple(stages["channels"]), tuple(stages["scales"])))
+                 StageShapes(tuple(vae_stages["channels"]), tuple(vae_stages["scales"])))
     calls: dict[str, Call] = {}
-    for file in stages["files"]:
-        kind = job.next_chunk.kind
-        calls[kind] = bind(quiet_session(str(model_dir / file), threads), {stages["input"]: job.chunk_input()[None]})
-        job.complete(calls[kind]()[0][0])
+    for stage in stages:
+        kind, inputs = job.next_chunk.kind, [job.chunk_input()[None]]
+        calls[kind] = stage.bind(inputs)
+        job.complete(stage(inputs)[0])
     return calls
 
 
-def vae_chunk_calls(model_dir: Path, manifest: Mapping[str, Any], latent_hw: tuple[int, int], threads: int,
-                    tile: Window, rng: np.random.Generator) -> dict[str, Call]:
-    """Chunk kind -> a call decoding one image's chunk: "whole", "stage<k>"..., "tile" (on the latent window
-    `tile`)."""
+def vae_chunk_calls(runtime: str, model_dir: Path, manifest: Mapping[str, Any], latent_hw: tuple[int, int],
+                    threads: int, tile: Window, rng: np.random.Generator) -> dict[str, Call]:
+    """Chunk kind -> a call decoding one image's chunk: "whole", "stage<k>"... (when the export has "vae_stages"),
+    "tile" (on the latent window `tile`)."""
     latent = rng.standard_normal((manifest["latent_channels"], *latent_hw), dtype=np.float32)
-    decoder = quiet_session(str(model_dir / manifest["files"]["vae_decoder"]), threads)
+    decoder = runner(runtime, model_dir, manifest, "vae_decoder", threads)
+    stages = runners(runtime, model_dir, manifest, "vae_stages", threads) if manifest.get("vae_stages") else []
     y0, y1, x0, x1 = tile
-    return {"whole": bind(decoder, {"latent": latent[None]}),
-            **stage_calls(model_dir, manifest, latent, threads),
-            "tile": bind(decoder, {"latent": np.ascontiguousarray(latent[None, :, y0:y1, x0:x1])})}
+    return {"whole": decoder.bind([latent[None]]),
+            **stage_calls(stages, manifest, latent),
+            "tile": decoder.bind([np.ascontiguousarray(latent[None, :, y0:y1, x0:x1])])}
 
 
 # -- the profile -----------------------------------------------------------------------------------------
@@ -192,7 +173,7 @@ def vae_chunk_calls(model_dir: Path, manifest: Mapping[str, Any], latent_hw: tup
 def measure_profile(model_dir: Path | str, *, unet_threads: int = ServingSettings.unet_threads,
                     vae_threads: int = ServingSettings.vae_threads, rows: Sequence[int] = DEFAULT_ROWS,
                     tile_grid: tuple[int, int] = (2, 2), tile_overlap: int = 4, repeats: int = 3, warmups: int = 1,
-                    log: Log = print) -> LatencyProfile:
+                    runtime: str = "onnx", log: Log = print) -> LatencyProfile:
     """Measures the profile of the export in `model_dir` (see the module docstring for what and how)."""
     started = time.perf_counter()
     model_dir = Path(model_dir).resolve()
@@ -202,15 +183,15 @@ def measure_profile(model_dir: Path | str, *, unet_threads: int = ServingSetting
     rng = np.random.default_rng(0)
     row_counts = tuple(sorted(set(rows)))
 
-    unet = quiet_session(str(model_dir / manifest["files"]["unet"]), unet_threads)
-    unet_calls = {r: unet_call(unet, manifest, r, latent_hw, rng) for r in row_counts}
+    unet = runner(runtime, model_dir, manifest, "unet", unet_threads)
+    unet_calls = {r: unet.bind(unet_inputs(manifest, r, latent_hw, rng)) for r in row_counts}
     unet_seconds = tuple(median_seconds(unet_calls[r], repeats, warmups) for r in row_counts)
     for r, seconds in zip(row_counts, unet_seconds):
         log(f"profile: unet batch {r}: {seconds * 1e3:.1f} ms")
     threshold = LatencyProfile(latent_hw, row_counts, unet_seconds, {}).threshold_rows(THRESHOLD)
 
     tile = tile_windows(latent_hw, tile_grid, tile_overlap)[0]  # all windows of a grid have the same size
-    chunks = vae_chunk_calls(model_dir, manifest, latent_hw, vae_threads, tile, rng)
+    chunks = vae_chunk_calls(runtime, model_dir, manifest, latent_hw, vae_threads, tile, rng)
     chunk_seconds = {kind: median_seconds(call, repeats, warmups) for kind, call in chunks.items()}
     contentions = {}
     for kind, call in chunks.items():
@@ -220,7 +201,7 @@ def measure_profile(model_dir: Path | str, *, unet_threads: int = ServingSetting
             f"unet x{contentions[kind].unet_slowdown:.2f}, vae x{contentions[kind].vae_slowdown:.2f}")
 
     metadata = {
-        "machine": machine_facts(unet_threads, vae_threads),
+        "machine": machine_facts(unet_threads, vae_threads, runtime),
         "model": {"dir": str(model_dir), "preset": manifest["preset"], "manifest_sha256": manifest_sha256(model_dir)},
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "tiling": {"grid": list(tile_grid), "overlap": tile_overlap,
@@ -246,19 +227,19 @@ def _measured_on(path: Path, manifest_sha: str) -> bool:
 
 
 def ensure_profile(model_dir: Path | str, *, unet_threads: int = ServingSettings.unet_threads,
-                   vae_threads: int = ServingSettings.vae_threads, force: bool = False, log: Log = print,
-                   **measure_options: Any) -> Path:
-    """The profile file for `model_dir` and these thread counts: reused when it exists and was measured on the
+                   vae_threads: int = ServingSettings.vae_threads, runtime: str = "onnx", force: bool = False,
+                   log: Log = print, **measure_options: Any) -> Path:
+    """The profile file for `model_dir`, this runtime and these thread counts: reused when it exists and was measured on the
     current manifest (unless `force`), else measured (`measure_options` go to measure_profile) and saved
     atomically."""
     model_dir = Path(model_dir).resolve()
-    path = profile_path(model_dir, unet_threads, vae_threads)
+    path = profile_path(model_dir, unet_threads, vae_threads, runtime)
     if not force and _measured_on(path, manifest_sha256(model_dir)):
         log(f"profile: reusing {path}")
         return path
-    log(f"profile: measuring {model_dir} (unet {unet_threads} threads, vae {vae_threads} threads)")
-    profile = measure_profile(model_dir, unet_threads=unet_threads, vae_threads=vae_threads, log=log,
-                              **measure_options)
+    log(f"profile: measuring {model_dir} with {runtime} (unet {unet_threads} threads, vae {vae_threads} threads)")
+    profile = measure_profile(model_dir, unet_threads=unet_threads, vae_threads=vae_threads, runtime=runtime,
+                              log=log, **measure_options)
     profile.save(path)
     log(f"profile: wrote {path} in {profile.metadata['profiling_seconds']:.1f} s")
     return path

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Any
 
 from export.render import ServingSettings
 from perf.profile import DEFAULT_ROWS, THRESHOLD, ensure_profile, load_profile
+from perf.runtimes import parse_runtime
 from scheduler_backend.profile import LatencyProfile
 
 EXIT_OK = 0
@@ -31,6 +33,13 @@ def _rows(text: str) -> tuple[int, ...]:
         return tuple(sorted({_count(part) for part in text.split(",")}))
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected row counts like 1,2,4, got {text!r}") from None
+
+
+def _runtime(text: str) -> str:
+    try:
+        return parse_runtime(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def _grid(text: str) -> tuple[int, int]:
@@ -55,7 +64,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"intra-op threads of the UNet session (default {defaults.unet_threads}, as served)")
     parser.add_argument("--vae-threads", type=_count, default=defaults.vae_threads, metavar="N",
                         help=f"intra-op threads of the VAE sessions (default {defaults.vae_threads}, as served)")
+    parser.add_argument("--runtime", type=_runtime, default="onnx", metavar="RUNTIME",
+                        help="how the models run, as the target that serves them runs them: onnx (target cpu, "
+                             "default), torch:cpu (cpu-torch) or torch:cuda[:N] (gpu-torch)")
     parser.add_argument("--force", action="store_true", help="measure again even if a profile exists")
+
+
+def runtime_text(machine: dict[str, Any]) -> str:
+    """"onnxruntime 1.23.2" or "torch 2.13.0 on NVIDIA H100 80GB HBM3" (a profile's machine facts)."""
+    if "onnxruntime" in machine:
+        return f"onnxruntime {machine['onnxruntime']}"
+    return f"torch {machine['torch']} on {machine['device']}"
 
 
 def format_profile(profile: LatencyProfile) -> str:
@@ -65,8 +84,7 @@ def format_profile(profile: LatencyProfile) -> str:
     h, w = profile.latent_hw
     threshold = profile.threshold_rows(THRESHOLD)
     lines = [f"{meta['model']['preset']} at latent {h}x{w}; {machine['cpu']}, {machine['cpu_count']} CPUs, "
-             f"onnxruntime {machine['onnxruntime']}, unet {machine['unet_threads']} / vae {machine['vae_threads']} "
-             f"threads",
+             f"{runtime_text(machine)}, unet {machine['unet_threads']} / vae {machine['vae_threads']} threads",
              "",
              f"{'UNet rows':>9}  {'seconds':>8}  {'rows/s':>7}  {'% of peak':>9}"]
     for rows in profile.unet_rows:
@@ -91,7 +109,7 @@ def format_profile(profile: LatencyProfile) -> str:
 def run(args: argparse.Namespace) -> int:
     try:
         path = ensure_profile(args.model_dir, unet_threads=args.unet_threads, vae_threads=args.vae_threads,
-                              force=args.force, rows=args.rows, repeats=args.repeats, tile_grid=args.tile_grid,
+                              runtime=args.runtime, force=args.force, rows=args.rows, repeats=args.repeats, tile_grid=args.tile_grid,
                               tile_overlap=args.tile_overlap)
     except FileNotFoundError as error:
         print(f"synerdiff profile: error: {args.model_dir} is not an exported model ({error.strerror}: "

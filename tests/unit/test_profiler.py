@@ -106,3 +106,25 @@ def test_cli_prints_the_table_and_the_path(tiny_dir: Path, capsys: pytest.Captur
     table = out[out.index("UNet rows"):]
     assert all(f"\n{kind:<9}" in table for kind in ("whole", "tile"))
     assert out.rstrip().endswith(f"profile: {profile_path(tiny_dir)}")
+
+
+# -- the torch runtime (as `cpu-torch` runs the models; `torch:cuda` is the same code on a GPU) ----------------
+
+
+def test_the_torch_runtime_measures_a_profile_of_its_own(tiny_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli_main(["profile", "--model-dir", str(tiny_dir), "--rows", "1,2", "--repeats", "1",
+                     "--runtime", "torch:cpu"]) == 0
+    path = profile_path(tiny_dir, runtime="torch:cpu")
+    assert path != profile_path(tiny_dir) and machine_key(2, 2, "torch:cpu") != machine_key(2, 2)
+    profile = load_profile(path)
+    assert profile.metadata["machine"]["runtime"] == "torch:cpu"
+    assert profile.metadata["machine"]["device"] == "cpu" and "onnxruntime" not in profile.metadata["machine"]
+    assert all(seconds > 0 for seconds in (*profile.unet_seconds, *profile.vae_chunk_seconds.values()))
+    assert set(profile.vae_chunk_seconds) == set(load_profile(ensure_profile(tiny_dir, log=lambda _: None, **QUICK))
+                                                 .vae_chunk_seconds)
+    assert "torch " in capsys.readouterr().out
+
+
+def test_an_unknown_runtime_is_refused_naming_the_choices(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli_main(["profile", "--model-dir", "x", "--runtime", "tensorrt"]) == 2
+    assert "runtime must be onnx, torch:cpu or torch:cuda[:N], got 'tensorrt'" in capsys.readouterr().err
