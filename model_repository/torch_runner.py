@@ -96,11 +96,12 @@ class GraphRunner:
         return tensor.to(self._dtype) if tensor.is_floating_point() else tensor
 
     def run(self, tensors: Sequence[torch.Tensor]) -> torch.Tensor:
-        """The module on `tensors` (positional); a float32 tensor on the runner's device, in memory of its own (never
-        a captured graph's output buffer, which the next replay overwrites)."""
+        """The module on `tensors` (positional); a C-contiguous float32 tensor on the runner's device, in memory of its
+        own (never a captured graph's output buffer, which the next replay overwrites). C order is what Triton takes
+        through DLPack; torch's CPU convolutions answer a batch of more than one in channels-last order."""
         with torch.inference_mode():
             output, replayed = self._run([self._input(tensor) for tensor in tensors])
-            return output.to(torch.float32, copy=replayed)
+            return output.to(torch.float32, memory_format=torch.contiguous_format, copy=replayed)
 
     def __call__(self, arrays: Sequence[np.ndarray]) -> np.ndarray:
         return self.run([torch.from_numpy(np.ascontiguousarray(array)) for array in arrays]).cpu().numpy()

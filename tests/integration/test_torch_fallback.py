@@ -8,6 +8,7 @@ About 15 s on 2 cores (a second server, two small requests).
 from __future__ import annotations
 
 import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Iterator
 
@@ -51,3 +52,20 @@ def test_torch_models_serve_the_images_of_the_onnx_models(torch_server: TritonSe
     assert from_torch.shape == from_onnx.shape == (request_.height or 64, request_.width or 64, 3)
     difference = np.abs(from_torch.astype(np.int16) - from_onnx.astype(np.int16))
     assert difference.max() <= MAX_LEVEL_DIFFERENCE, f"max difference {difference.max()} levels"
+
+
+def test_requests_finishing_together_are_decoded_in_one_batch_and_match(torch_server: TritonServer,
+                                                                         server: TritonServer) -> None:
+    """Three requests sent at once finish on the same step, so their decodes share one vae_decoder call: the torch
+    model must answer the batch in the C order Triton takes (torch's CPU convolutions answer it channels-last)."""
+    batch = [GenerationRequest(prompt=f"a boat {seed}", num_steps=3, guidance_scale=7.5, seed=seed)
+             for seed in (41, 42, 43)]
+
+    def generate(url: str, request_: GenerationRequest) -> np.ndarray:
+        return DiffusionClient(url).generate(request_, timeout_s=60).image
+
+    with ThreadPoolExecutor(len(batch)) as pool:
+        from_torch = list(pool.map(lambda r: generate(torch_server.ports.grpc_url, r), batch))
+    for request_, image in zip(batch, from_torch):
+        reference = generate(server.ports.grpc_url, request_)
+        assert np.abs(image.astype(np.int16) - reference.astype(np.int16)).max() <= MAX_LEVEL_DIFFERENCE

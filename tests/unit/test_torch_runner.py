@@ -74,3 +74,14 @@ def test_dtypes_and_unknown_graphs(tiny_dir: Path) -> None:
     assert serving_dtype(CPU) == torch.float32 and serving_dtype(torch.device("cuda", 0)) == torch.float16
     with pytest.raises(ValueError, match="unknown graph"):
         load_graph(tiny_dir, "controlnet", torch.float32)
+
+
+@pytest.mark.parametrize("graph", ["vae_decoder", "vae_stages"])
+def test_a_batch_is_answered_in_c_order(tiny_dir: Path, latent: np.ndarray, graph: str) -> None:
+    """Triton takes DLPack tensors in C order only, and torch's CPU convolutions answer a batch of more than one in
+    channels-last order: `run` hands back C order (the served cpu-torch VAE failed on batched decodes before)."""
+    loaded = load_graph(tiny_dir, graph, torch.float32)
+    hidden = torch.from_numpy(latent)
+    for module in loaded if isinstance(loaded, list) else [loaded]:
+        hidden = GraphRunner(module, CPU).run([hidden])
+        assert hidden.is_contiguous()
