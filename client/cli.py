@@ -36,6 +36,8 @@ SUBCOMMANDS = (
     Subcommand("profile", "measure the models' latency profile (UNet per batch, VAE chunks, contention)",
                "perf.profile_cli"),
     Subcommand("bench", "benchmark the server under load", "perf.bench_cli"),
+    Subcommand("overhead", "what serving adds to each denoising step, as a fraction of the UNet call",
+               "perf.overhead"),
     Subcommand("soak", "many mixed requests near capacity: every request answered, no memory or shm growth",
                "perf.soak"),
     Subcommand("simulate", "compare serving policies in the discrete-event simulator", "perf.simulate_cli"),

@@ -1,0 +1,183 @@
+"""`synerdiff overhead`: what serving adds to each denoising step (the BLS round trips and the `diffusion` loop's own
+work: planning, guidance, the sampler step, bookkeeping), as a fraction of the UNet call the step wraps.
+
+Method, in one command:
+1. Bare step: the UNet alone in this process at R rows, run as the target's `unet` model runs it (perf/runtimes.py),
+   the median of `repeats` calls after a warm-up.
+2. Served step: a fresh tritonserver serving the target with policy `continuous` (every running request's rows in
+   one UNet call per iteration; no threshold, no Skip-CFG). `concurrency` requests are sent at once with
+   `low_steps`, then at once with `high_steps`, alternating, `repeats` times each; the served step is the marginal
+   cost (median wall(high) - median wall(low)) / (high_steps - low_steps), where a wall is the time until the last
+   of the requests answered. Whatever happens once per request (text encoding, admission, the VAE decode, the
+   response) cancels out.
+3. Overhead = served step - bare step, and its fraction of the bare step. R = concurrency x 2 with guidance
+   (the conditional and unconditional rows), x 1 without.
+
+Invariants: every served request must come back with an image (else RuntimeError naming the outcomes); the bare
+and the served steps run at the same latent size (the manifest's default) with the same runtime and thread count;
+no number here is asserted, only reported.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from export.exporter import export_models
+from export.render import ServingSettings, render_repository
+from perf.bench_cli import comma_list
+from perf.loadgen import replay
+from perf.profile import median_seconds, unet_inputs
+from perf.runtimes import runner, runtime_facts
+from perf.served_targets import MEASURED_TARGETS, fresh_server, runtime_of
+from perf.workload import Arrival
+
+ROOT = Path(__file__).resolve().parents[1]
+EXIT_OK = 0
+
+
+@dataclass(frozen=True)
+class StepOverhead:
+    concurrency: int
+    rows: int
+    bare_step_s: float  # the UNet call alone
+    served_step_s: float  # the marginal cost of one more step through the server
+
+    @property
+    def overhead_s(self) -> float:
+        return self.served_step_s - self.bare_step_s
+
+    @property
+    def fraction(self) -> float:
+        return self.overhead_s / self.bare_step_s
+
+
+def marginal_step_seconds(low_walls: Sequence[float], high_walls: Sequence[float], low_steps: int,
+                          high_steps: int) -> float:
+    """The cost of one more step: the difference of the median walls over the difference of the step counts."""
+    if high_steps <= low_steps:
+        raise ValueError(f"high_steps ({high_steps}) must exceed low_steps ({low_steps})")
+    return (statistics.median(high_walls) - statistics.median(low_walls)) / (high_steps - low_steps)
+
+
+def format_table(results: Sequence[StepOverhead]) -> str:
+    lines = ["| requests at once | UNet rows | bare UNet step | served step | overhead | overhead / UNet step |",
+             "|---|---|---|---|---|---|"]
+    lines += [f"| {r.concurrency} | {r.rows} | {r.bare_step_s * 1e3:.2f} ms | {r.served_step_s * 1e3:.2f} ms | "
+              f"{r.overhead_s * 1e3:+.2f} ms | {r.fraction:+.1%} |" for r in results]
+    return "\n".join(lines)
+
+
+# -- the two measurements ---------------------------------------------------------------------------------------
+
+
+def bare_step_seconds(model_dir: Path, manifest: dict[str, Any], runtime: str, threads: int, rows: int,
+                      repeats: int) -> float:
+    side = manifest["default_size"] // manifest["vae_scale_factor"]
+    unet = runner(runtime, model_dir, manifest, "unet", threads)
+    call = unet.bind(unet_inputs(manifest, rows, (side, side), np.random.default_rng(0)))
+    return median_seconds(call, repeats, warmups=2)
+
+
+def served_wall_seconds(grpc_url: str, concurrency: int, steps: int, guidance_scale: float) -> float:
+    """`concurrency` requests sent at once; the time until the last one answered with its image."""
+    arrivals = [Arrival(0.0, steps, guidance_scale, seed=index) for index in range(concurrency)]
+    records = asyncio.run(replay(grpc_url, arrivals, progress=False))
+    outcomes = [record.outcome for record in records]
+    if outcomes != ["image"] * concurrency:
+        raise RuntimeError(f"served requests did not all return an image: {outcomes}")
+    return max(record.finished_s for record in records if record.finished_s is not None)
+
+
+def served_step_seconds(grpc_url: str, concurrency: int, low_steps: int, high_steps: int, guidance_scale: float,
+                        repeats: int) -> float:
+    served_wall_seconds(grpc_url, concurrency, low_steps, guidance_scale)  # warm-up at this batch
+    low, high = [], []
+    for _ in range(repeats):  # alternated, so drift of the machine hits both alike
+        low.append(served_wall_seconds(grpc_url, concurrency, low_steps, guidance_scale))
+        high.append(served_wall_seconds(grpc_url, concurrency, high_steps, guidance_scale))
+    return marginal_step_seconds(low, high, low_steps, high_steps)
+
+
+@dataclass(frozen=True)
+class Probe:
+    target: str
+    concurrency: tuple[int, ...]
+    low_steps: int
+    high_steps: int
+    guidance_scale: float
+    repeats: int
+
+    @property
+    def rows_per_request(self) -> int:
+        return 2 if self.guidance_scale > 1.0 else 1
+
+
+def measure(model_dir: Path, probe: Probe, build_dir: Path, log_path: Path) -> list[StepOverhead]:
+    """Serves the target (policy continuous) and measures the served steps, then the bare ones with the server
+    stopped, so neither measurement shares the machine with the other."""
+    settings = ServingSettings(policy="continuous", max_running_requests=max(16, *probe.concurrency))
+    repository = render_repository(model_dir, build_dir / "overhead-repositories" / model_dir.name / probe.target,
+                                   probe.target, settings)
+    with fresh_server(repository, probe.target, model_dir, settings, log_path) as server:
+        served = {c: served_step_seconds(server.ports.grpc_url, c, probe.low_steps, probe.high_steps,
+                                         probe.guidance_scale, probe.repeats) for c in probe.concurrency}
+    manifest = json.loads((model_dir / "manifest.json").read_text())
+    runtime = runtime_of(probe.target)
+    return [StepOverhead(c, c * probe.rows_per_request,
+                         bare_step_seconds(model_dir, manifest, runtime, settings.unet_threads,
+                                           c * probe.rows_per_request, 2 * probe.repeats + 1),
+                         served[c])
+            for c in probe.concurrency]
+
+
+# -- the command ----------------------------------------------------------------------------------------------
+
+
+def step_pair(text: str) -> tuple[int, int]:
+    """"4,20" -> (4, 20): two different step counts >= 1, in increasing order."""
+    try:
+        low, high = sorted(int(part) for part in text.split(","))
+    except ValueError:
+        low = high = 0
+    if not 1 <= low < high:
+        raise argparse.ArgumentTypeError(f"expected two different step counts LOW,HIGH (>= 1), got {text!r}")
+    return low, high
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--preset", default="bench", help="model preset to export (if needed) and serve")
+    parser.add_argument("--target", choices=MEASURED_TARGETS, default="cpu",
+                        help="how the models are served: cpu (ONNX Runtime), cpu-torch, gpu-torch")
+    parser.add_argument("--concurrency", type=comma_list(int), default=(1, 4),
+                        help="requests sent at once, each a row count to measure (default 1,4)")
+    parser.add_argument("--steps", type=step_pair, default=(4, 20), metavar="LOW,HIGH",
+                        help="the two step counts whose difference gives the served step (default 4,20)")
+    parser.add_argument("--guidance-scale", type=float, default=7.5, help="> 1: two UNet rows per request")
+    parser.add_argument("--repeats", type=int, default=5, help="walls per step count and concurrency")
+    parser.add_argument("--out", type=Path, help="also write the results here (JSON)")
+    parser.add_argument("--build-dir", type=Path, default=ROOT / "build")
+
+
+def run(args: argparse.Namespace) -> int:
+    model_dir = export_models(args.preset, args.build_dir / "models" / args.preset, seed=0, force=False)
+    probe = Probe(args.target, tuple(args.concurrency), *args.steps, args.guidance_scale, args.repeats)
+    log_path = args.build_dir / "overhead" / f"{args.preset}-{args.target}.log"
+    results = measure(model_dir, probe, args.build_dir, log_path)
+    print(f"Preset `{args.preset}`, target `{args.target}` ({runtime_of(args.target)}), policy continuous, "
+          f"steps {probe.low_steps} vs {probe.high_steps}, guidance {probe.guidance_scale}, "
+          f"{probe.repeats} walls each; server log {log_path}")
+    print(format_table(results))
+    if args.out:
+        args.out.write_text(json.dumps({"probe": asdict(probe), "preset": args.preset,
+                                        "machine": runtime_facts(runtime_of(args.target)),
+                                        "results": [{**asdict(r), "overhead_s": r.overhead_s, "fraction": r.fraction}
+                                                    for r in results]}, indent=1) + "\n")
+    return EXIT_OK
