@@ -62,6 +62,19 @@ def serving_dtype(device: torch.device) -> torch.dtype:
     return torch.float16 if device.type == "cuda" else torch.float32
 
 
+def c_order(tensor: torch.Tensor) -> torch.Tensor:
+    """`tensor` if its strides are exactly C order's, else a C-order copy. Stricter than `is_contiguous()`, which
+    ignores the strides of size-1 dimensions (a batch of one in channels-last order can pass it) that a DLPack
+    consumer may check."""
+    expected, step = [], 1
+    for size in reversed(tensor.shape):
+        expected.append(step)
+        step *= size
+    if tensor.stride() == tuple(reversed(expected)):
+        return tensor
+    return tensor.clone(memory_format=torch.contiguous_format)
+
+
 class _CapturedGraph:
     def __init__(self, module: nn.Module, inputs: Sequence[torch.Tensor], pool: Any) -> None:
         self.inputs = [tensor.clone() for tensor in inputs]
@@ -101,7 +114,7 @@ class GraphRunner:
         through DLPack; torch's CPU convolutions answer a batch of more than one in channels-last order."""
         with torch.inference_mode():
             output, replayed = self._run([self._input(tensor) for tensor in tensors])
-            return output.to(torch.float32, memory_format=torch.contiguous_format, copy=replayed)
+            return c_order(output.to(torch.float32, copy=replayed))
 
     def __call__(self, arrays: Sequence[np.ndarray]) -> np.ndarray:
         return self.run([torch.from_numpy(np.ascontiguousarray(array)) for array in arrays]).cpu().numpy()

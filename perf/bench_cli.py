@@ -4,7 +4,8 @@
   line and, with --out, write every request's record as JSON.
 * `bench compare`: the policies side by side. For each repetition, for each load, for each policy (interleaved
   in that order, so drift of the machine hits every policy alike): start a fresh tritonserver on free loopback
-  ports with the preset's repository rendered for that policy, warm it up with 2 requests, replay the workload
+  ports with the preset's repository rendered for that policy and the target (`cpu` by default; `cpu-torch`,
+  `gpu-torch`: perf/served_targets.py, the profile measured under the target's runtime), warm it up with 2 requests, replay the workload
   of each arrival pattern in turn, stop it. Loads are fractions of the hardware bound of the request mix
   (perf.report.hardware_bounds on the model's latency profile). Writes results.json (every record and
   summary), results.md (the table, also printed) and the plots of perf.bench_plots into --out.
@@ -40,10 +41,10 @@ from export.render import ServingSettings, render_repository
 from perf.bench_plots import Cell, write_plots
 from perf.loadgen import DEFAULT_TIMEOUT_S, replay, server_version
 from perf.profile import machine_facts
+from perf.served_targets import MEASURED_TARGETS, ServedTarget, runtime_of, served_target
 from perf.report import (Bounds, LatencySummary, RequestRecord, bounds_line, hardware_bounds, policy_table,
                          pooled_summary, summarize_records, summary_line)
 from perf.serve import serving_profile
-from perf.server import Ports, TritonServer, free_ports
 from perf.workload import ARRIVALS, Arrival, RequestMix
 from scheduler_backend.policies import POLICIES
 from scheduler_backend.profile import LatencyProfile
@@ -97,6 +98,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     side = commands.add_parser("compare", help="every policy on the same workloads, one fresh server per run")
     side.add_argument("--preset", default="bench", help="model preset to export (if needed) and serve")
+    side.add_argument("--target", choices=MEASURED_TARGETS, default="cpu",
+                      help="how the models are served: cpu (ONNX Runtime), cpu-torch, gpu-torch (default cpu)")
     side.add_argument("--policies", type=comma_list(str, POLICIES), default=DEFAULT_POLICIES,
                       help=f"default {','.join(DEFAULT_POLICIES)}; also the ablations of {', '.join(POLICIES)}")
     side.add_argument("--loads", type=comma_list(float), default=DEFAULT_LOADS,
@@ -144,6 +147,7 @@ def run_once(args: argparse.Namespace) -> int:
 @dataclass(frozen=True)
 class Plan:
     preset: str
+    target: str
     policies: tuple[str, ...]
     loads: tuple[float, ...]
     arrivals: tuple[str, ...]
@@ -215,14 +219,16 @@ class Comparison:
         return result
 
 
-def prepare(preset: str, policies: Sequence[str], build_dir: Path) -> tuple[LatencyProfile, dict[str, Path]]:
-    """Exports the preset (if not yet), measures its profile (if not yet) and renders one repository per policy."""
+def prepare(preset: str, target: str, policies: Sequence[str],
+            build_dir: Path) -> tuple[LatencyProfile, dict[str, Path], ServedTarget]:
+    """Exports the preset (if not yet), measures its profile under the target's runtime (if not yet) and renders one
+    repository of the target per policy."""
     model_dir = export_models(preset, build_dir / "models" / preset, seed=0, force=False)
-    profile = serving_profile(model_dir, ServingSettings())
-    repositories = {policy: render_repository(model_dir, build_dir / "bench-repositories" / preset / policy,
-                                              settings=ServingSettings(policy=policy, profile=str(profile)))
+    profile = serving_profile(model_dir, ServingSettings(), runtime_of(target))
+    repositories = {policy: render_repository(model_dir, build_dir / "bench-repositories" / preset / target / policy,
+                                              target, ServingSettings(policy=policy, profile=str(profile)))
                     for policy in policies}
-    return LatencyProfile.load(profile), repositories
+    return LatencyProfile.load(profile), repositories, served_target(target, model_dir, ServingSettings())
 
 
 def warm_up(grpc_url: str, mix: RequestMix) -> None:
@@ -233,13 +239,13 @@ def warm_up(grpc_url: str, mix: RequestMix) -> None:
         raise RuntimeError(f"warm-up at {grpc_url} failed: {outcomes}")
 
 
-def measure(plan: Plan, policy: str, repository: Path, load: float, repeat: int,
+def measure(plan: Plan, served: ServedTarget, policy: str, repository: Path, load: float, repeat: int,
             logs: Path) -> tuple[list[Run], str]:
     """One fresh server: warm-up, then each arrival pattern's workload in turn. Returns the runs and the
     server's version."""
     log = logs / f"r{repeat}-load{load:g}-{policy}.log"
     load_average = os.getloadavg()[0]
-    with TritonServer(repository, Ports(*free_ports(3)), log) as server:
+    with served.server(repository, log) as server:
         url = server.ports.grpc_url
         version = asyncio.run(server_version(url)) or "unknown"
         warm_up(url, plan.mix)
@@ -250,13 +256,14 @@ def measure(plan: Plan, policy: str, repository: Path, load: float, repeat: int,
     return runs, version
 
 
-def compare(plan: Plan, repositories: dict[str, Path], logs: Path, started_s: float) -> Comparison:
+def compare(plan: Plan, served: ServedTarget, repositories: dict[str, Path], logs: Path,
+            started_s: float) -> Comparison:
     """Every (repetition, load, policy) in that nesting order; prints a line per run as it ends."""
     runs: list[Run] = []
     version = "unknown"
     order = list(product(range(plan.repeats), plan.loads, plan.policies))
     for index, (repeat, load, policy) in enumerate(order, 1):
-        measured, version = measure(plan, policy, repositories[policy], load, repeat, logs)
+        measured, version = measure(plan, served, policy, repositories[policy], load, repeat, logs)
         for run in measured:
             print(f"[{index}/{len(order)}] repeat {repeat} load {load:.0%} {policy} {run.arrivals}: "
                   f"{summary_line(summarize_records(run.records))}", flush=True)
@@ -299,7 +306,7 @@ def load_average_line(comparison: Comparison) -> str:
 def header(comparison: Comparison) -> str:
     plan = comparison.plan
     mix = plan.mix
-    return (f"{bounds_line(plan.bounds)} Preset `{plan.preset}`; request mix: steps {'/'.join(map(str, mix.steps))}, "
+    return (f"{bounds_line(plan.bounds)} Preset `{plan.preset}`, target `{plan.target}`; request mix: steps {'/'.join(map(str, mix.steps))}, "
             f"{mix.guided_fraction:.0%} guided at {mix.guidance_scale}; {plan.requests} requests per run, "
             f"{plan.repeats} repetition(s) (seeds {plan.seed}..{plan.seed + plan.repeats - 1}), arrivals "
             f"{', '.join(plan.arrivals)}; Triton {comparison.server_version}; "
@@ -349,7 +356,7 @@ def results_json(comparison: Comparison, arguments: dict[str, Any]) -> dict[str,
         "created": datetime.now().astimezone().isoformat(timespec="seconds"),
         "wall_s": comparison.wall_s,
         "server_version": comparison.server_version,
-        "machine": {**machine_facts(ServingSettings.unet_threads, ServingSettings.vae_threads),
+        "machine": {**machine_facts(ServingSettings.unet_threads, ServingSettings.vae_threads, runtime_of(plan.target)),
                     "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)},
         "plan": {**asdict(plan), "capacity_arrivals": plan.capacity_arrivals, "timeout_s": plan.timeout_s},
         "capacity": {p: asdict(c) for p, c in comparison.capacity(summaries).items()},
@@ -373,12 +380,12 @@ def run_compare(args: argparse.Namespace) -> int:
     started_s = time.perf_counter()
     out = args.out or args.build_dir / "bench" / datetime.now().strftime("%Y%m%d-%H%M%S")
     (out / "logs").mkdir(parents=True, exist_ok=True)
-    profile, repositories = prepare(args.preset, args.policies, args.build_dir)
+    profile, repositories, served = prepare(args.preset, args.target, args.policies, args.build_dir)
     mix = request_mix(args)
-    plan = Plan(args.preset, tuple(args.policies), tuple(sorted(set(args.loads))), tuple(args.arrivals), args.requests,
+    plan = Plan(args.preset, args.target, tuple(args.policies), tuple(sorted(set(args.loads))), tuple(args.arrivals), args.requests,
                 args.repeats, args.seed, mix, args.slo_factor, hardware_bounds(profile, mix, args.slo_factor))
     print(f"bench compare: {bounds_line(plan.bounds)} Writing to {out}", flush=True)
-    comparison = compare(plan, repositories, out / "logs", started_s)
+    comparison = compare(plan, served, repositories, out / "logs", started_s)
     arguments = {name: str(value) if isinstance(value, Path) else value for name, value in vars(args).items()}
     print(write_outputs(comparison, out, arguments))
     print(f"\nwrote {out}/results.md, results.json and plots in {comparison.wall_s / 60:.1f} min")

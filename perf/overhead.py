@@ -36,7 +36,7 @@ from perf.bench_cli import comma_list
 from perf.loadgen import replay
 from perf.profile import median_seconds, unet_inputs
 from perf.runtimes import runner, runtime_facts
-from perf.served_targets import MEASURED_TARGETS, fresh_server, runtime_of
+from perf.served_targets import MEASURED_TARGETS, runtime_of, served_target
 from perf.workload import Arrival
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -126,7 +126,7 @@ def measure(model_dir: Path, probe: Probe, build_dir: Path, log_path: Path) -> l
     settings = ServingSettings(policy="continuous", max_running_requests=max(16, *probe.concurrency))
     repository = render_repository(model_dir, build_dir / "overhead-repositories" / model_dir.name / probe.target,
                                    probe.target, settings)
-    with fresh_server(repository, probe.target, model_dir, settings, log_path) as server:
+    with served_target(probe.target, model_dir, settings).server(repository, log_path) as server:
         served = {c: served_step_seconds(server.ports.grpc_url, c, probe.low_steps, probe.high_steps,
                                          probe.guidance_scale, probe.repeats) for c in probe.concurrency}
     manifest = json.loads((model_dir / "manifest.json").read_text())

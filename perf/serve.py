@@ -40,9 +40,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--build-dir", type=Path, default=ROOT / "build")
 
 
-def serving_profile(model_dir: Path, settings: ServingSettings) -> Path:
-    """The latency profile for serving `model_dir` with `settings` (its thread counts), measured if missing."""
-    path = ensure_profile(model_dir, unet_threads=settings.unet_threads, vae_threads=settings.vae_threads)
+def serving_profile(model_dir: Path, settings: ServingSettings, runtime: str = "onnx") -> Path:
+    """The latency profile for serving `model_dir` with `settings` (its thread counts) under `runtime`
+    (perf/runtimes.py), measured if missing."""
+    path = ensure_profile(model_dir, unet_threads=settings.unet_threads, vae_threads=settings.vae_threads,
+                          runtime=runtime)
     print(f"latency profile: {path}", flush=True)
     return path
 

@@ -12,8 +12,8 @@ not among them: its engines cannot be profiled in-process here, and TensorRT doe
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from export.gpu_memory import memory_pools
 from export.render import ServingSettings
@@ -21,8 +21,8 @@ from export.targets import TARGET_SPECS
 from model_repository.bls_executor import loop_on_gpu
 from perf.server import Ports, TritonServer, free_ports
 
-MEASURED_TARGETS = ("cpu", "cpu-torch", "gpu-torch")
 RUNTIME_OF_TARGET = {"cpu": "onnx", "cpu-torch": "torch:cpu", "gpu-torch": "torch:cuda"}
+MEASURED_TARGETS = tuple(RUNTIME_OF_TARGET)
 
 
 def runtime_of(target: str) -> str:
@@ -30,20 +30,26 @@ def runtime_of(target: str) -> str:
     return RUNTIME_OF_TARGET[target]
 
 
-def server_flags(target: str, manifest: dict[str, Any], settings: ServingSettings) -> tuple[str, ...]:
-    """Extra tritonserver flags for serving `target`: the CUDA memory pools on a GPU, none on the CPU."""
+@dataclass(frozen=True)
+class ServedTarget:
+    """How to start tritonserver on repositories rendered for one target from one export."""
+
+    name: str
+    server_flags: tuple[str, ...] = ()  # the CUDA memory pools on a GPU
+    gpu_metrics: bool = False
+
+    def server(self, repository: Path, log_path: Path) -> TritonServer:
+        """A tritonserver for `repository` on free loopback ports (not started)."""
+        return TritonServer(repository, Ports(*free_ports(3)), log_path, gpu_metrics=self.gpu_metrics,
+                            extra_flags=self.server_flags)
+
+
+def served_target(target: str, model_dir: Path, settings: ServingSettings) -> ServedTarget:
+    """`target` served from the export in `model_dir` with `settings` (their bounds size the GPU's pools)."""
     if TARGET_SPECS[target].torch_device != "cuda":
-        return ()
+        return ServedTarget(target)
+    manifest = json.loads((model_dir / "manifest.json").read_text())
     loop_tensors = settings.loop_tensors or TARGET_SPECS[target].loop_tensors
     pools = memory_pools(manifest, settings.max_running_requests, settings.vae_chunking,
                          loop_on_gpu=loop_on_gpu(loop_tensors))
-    return pools.server_flags()
-
-
-def fresh_server(repository: Path, target: str, model_dir: Path, settings: ServingSettings,
-                 log_path: Path) -> TritonServer:
-    """A tritonserver for a rendered `target` repository on free loopback ports (not started)."""
-    manifest = json.loads((model_dir / "manifest.json").read_text())
-    return TritonServer(repository, Ports(*free_ports(3)), log_path,
-                        gpu_metrics=TARGET_SPECS[target].torch_device == "cuda",
-                        extra_flags=server_flags(target, manifest, settings))
+    return ServedTarget(target, pools.server_flags(), gpu_metrics=True)

@@ -91,3 +91,18 @@ def test_bench_compare_writes_results_table_and_plots(tmp_path: Path) -> None:
             image.verify()
         with Image.open(plot) as image:
             assert image.format == "PNG" and min(image.size) > 100
+
+
+def test_bench_compare_serves_the_torch_target_with_a_profile_of_its_runtime(tmp_path: Path) -> None:
+    """The route a GPU session takes (`--target gpu-torch`), on the CPU: the torch models, the loop's tensors in
+    torch, the planner on a profile measured under torch."""
+    code = synerdiff(["bench", "compare", "--preset", "tiny", "--target", "cpu-torch", "--policies", "synerdiff",
+                      "--loads", "1.0", "--requests", "4", "--arrivals", "poisson", "--steps", "4",
+                      "--out", str(tmp_path)])
+    assert code == 0
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["plan"]["target"] == "cpu-torch" and results["machine"]["runtime"] == "torch:cpu"
+    assert [r["outcome"] for r in results["runs"][0]["records"]] == ["image"] * 4
+    assert "target `cpu-torch`" in (tmp_path / "results.md").read_text()
+    log = (tmp_path / "logs" / "r0-load1-synerdiff.log").read_text()
+    assert "tensors torch:cpu" in log and "policy synerdiff" in log

@@ -23,7 +23,7 @@ def served(latencies: list[float], spacing_s: float = 1.0) -> tuple[RequestRecor
 
 
 def plan(policies: tuple[str, ...], loads: tuple[float, ...]) -> Plan:
-    return Plan("tiny", policies, loads, ("poisson",), 4, 1, 1, RequestMix(steps=(10,)), 5.0, BOUNDS)
+    return Plan("tiny", "cpu", policies, loads, ("poisson",), 4, 1, 1, RequestMix(steps=(10,)), 5.0, BOUNDS)
 
 
 def test_pooled_summary_pools_latencies_and_averages_each_runs_throughput() -> None:

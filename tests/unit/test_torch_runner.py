@@ -12,7 +12,7 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from model_repository.torch_runner import GraphRunner, load_graph, serving_dtype
+from model_repository.torch_runner import GraphRunner, c_order, load_graph, serving_dtype
 
 CPU = torch.device("cpu")
 TOLERANCE = 1e-4  # float32 torch vs ONNX Runtime; observed about 3e-6
@@ -76,12 +76,28 @@ def test_dtypes_and_unknown_graphs(tiny_dir: Path) -> None:
         load_graph(tiny_dir, "controlnet", torch.float32)
 
 
+def c_strides(shape: tuple[int, ...]) -> tuple[int, ...]:
+    return torch.empty(shape).stride()
+
+
+@pytest.mark.parametrize("batch", [1, 3])
 @pytest.mark.parametrize("graph", ["vae_decoder", "vae_stages"])
-def test_a_batch_is_answered_in_c_order(tiny_dir: Path, latent: np.ndarray, graph: str) -> None:
-    """Triton takes DLPack tensors in C order only, and torch's CPU convolutions answer a batch of more than one in
-    channels-last order: `run` hands back C order (the served cpu-torch VAE failed on batched decodes before)."""
+def test_outputs_are_answered_in_c_order(tiny_dir: Path, latent: np.ndarray, graph: str, batch: int) -> None:
+    """Triton takes DLPack tensors in C order only, and torch's CPU convolutions answer channels-last (a batch of
+    more than one; a batch of one with odd strides): `run` hands back C order, strides and all (the served cpu-torch
+    VAE failed on such outputs before)."""
     loaded = load_graph(tiny_dir, graph, torch.float32)
-    hidden = torch.from_numpy(latent)
+    hidden = torch.from_numpy(latent[:batch])
     for module in loaded if isinstance(loaded, list) else [loaded]:
         hidden = GraphRunner(module, CPU).run([hidden])
-        assert hidden.is_contiguous()
+        assert hidden.stride() == c_strides(tuple(hidden.shape))
+
+
+def test_c_order_copies_only_what_is_not_in_c_order() -> None:
+    plain = torch.zeros(2, 3, 4, 4)
+    assert c_order(plain) is plain
+    odd_batch_stride = torch.zeros(100).as_strided((1, 3, 4, 4), (7, 16, 4, 1))  # is_contiguous() says yes
+    channels_last = torch.zeros(2, 3, 4, 4).to(memory_format=torch.channels_last)
+    for tensor in (odd_batch_stride, channels_last):
+        ordered = c_order(tensor)
+        assert ordered.stride() == c_strides(tuple(tensor.shape)) and torch.equal(ordered, tensor)
