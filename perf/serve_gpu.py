@@ -27,6 +27,7 @@ from export.gpu_memory import MemoryPools, memory_pools
 from export.render import ServingSettings, render_repository
 from export.tensorrt_build import TensorRTUnavailable, build_engines, import_tensorrt, read_engines
 from model_repository.bls_executor import loop_on_gpu
+from perf.serve import serving_profile
 from perf.server import Ports, TritonServer, serve_in_foreground
 from scheduler_backend.policies import POLICIES, needs_profile
 
@@ -47,8 +48,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="gpu: TensorRT engines; gpu-torch: the torch fallback; auto: gpu if tensorrt imports")
     parser.add_argument("--policy", choices=POLICIES, default=ServingSettings.policy)
     parser.add_argument("--profile", type=Path,
-                        help="latency profile of these models on this GPU (the synerdiff policies need one; "
-                             "perf/profiles/h100-sd15-estimated.json is an estimate for SD-1.5 on an H100)")
+                        help="latency profile of these models on this GPU (the synerdiff policies need one; for "
+                             "gpu-torch it is measured when missing; perf/profiles/h100-sd15-estimated.json is an "
+                             "estimate for SD-1.5 on an H100)")
     parser.add_argument("--max-waiting-requests", type=int, default=ServingSettings.max_waiting_requests)
     parser.add_argument("--max-running-requests", type=int, default=ServingSettings.max_running_requests)
     parser.add_argument("--loop-tensors", default=GPU_LOOP_TENSORS,
@@ -87,6 +89,15 @@ def choose_target(requested: str) -> str:
     return "gpu"
 
 
+def gpu_profile(model_dir: Path, target: str, settings: ServingSettings) -> Path:
+    """The latency profile of the torch models on this GPU, measured if missing (perf/profile.py, runtime
+    torch:cuda); TensorRT engines cannot be profiled in-process, so target `gpu` needs --profile."""
+    if target != "gpu-torch":
+        raise SystemExit(f"policy {settings.policy!r} needs --profile (a latency profile of the TensorRT engines on "
+                         f"this GPU) with target {target}, or choose --policy continuous")
+    return serving_profile(model_dir, settings, runtime="torch:cuda")
+
+
 def prepare(args: argparse.Namespace) -> tuple[Path, MemoryPools]:
     """Export, build, render; returns the repository and the memory pools to serve it with."""
     from export.exporter import export_models
@@ -99,15 +110,14 @@ def prepare(args: argparse.Namespace) -> tuple[Path, MemoryPools]:
         if not engines_usable(model_dir, args.max_running_requests, str(trt.__version__), device):
             build_engines(model_dir, args.max_running_requests, vae_fp16=not args.vae_fp32, trt=trt,
                           device_name=device)
-    if needs_profile(args.policy) and args.profile is None:
-        raise SystemExit(f"policy {args.policy!r} needs --profile (a latency profile of these models on this GPU), "
-                         f"or choose --policy continuous")
     chunking = args.vae_chunking or default_vae_chunking(args.loop_tensors)
     settings = ServingSettings(policy=args.policy, max_waiting_requests=args.max_waiting_requests,
                                max_running_requests=args.max_running_requests, vae_chunking=chunking,
                                loop_tensors=args.loop_tensors)
     if args.profile is not None:
         settings = replace(settings, profile=str(args.profile.resolve()))
+    elif needs_profile(args.policy):
+        settings = replace(settings, profile=str(gpu_profile(model_dir, target, settings)))
     repository = render_repository(model_dir, args.build_dir / "repository" / f"{name}-{target}", target, settings)
     manifest = json.loads((model_dir / "manifest.json").read_text())
     print(f"rendered {target} repository at {repository}", flush=True)

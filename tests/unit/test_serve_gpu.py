@@ -68,3 +68,19 @@ def test_chunking_follows_where_the_loop_keeps_its_tensors() -> None:
     assert serve_gpu.default_vae_chunking(serve_gpu.GPU_LOOP_TENSORS) == "stages"
     assert serve_gpu.default_vae_chunking("torch:cuda:1") == "stages"
     assert serve_gpu.default_vae_chunking("numpy") == "tiles:2x2:4"
+
+
+def test_the_synerdiff_policies_get_a_profile_of_the_torch_models_on_this_gpu(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    measured: list[tuple[Path, str]] = []
+
+    def serving_profile(model_dir: Path, settings: object, runtime: str) -> Path:
+        measured.append((model_dir, runtime))
+        return model_dir / "profiles" / "p.json"
+
+    monkeypatch.setattr(serve_gpu, "serving_profile", serving_profile)
+    settings = serve_gpu.ServingSettings(policy="synerdiff")
+    assert serve_gpu.gpu_profile(tmp_path, "gpu-torch", settings) == tmp_path / "profiles" / "p.json"
+    assert measured == [(tmp_path, "torch:cuda")]
+    with pytest.raises(SystemExit, match="needs --profile .* TensorRT engines"):
+        serve_gpu.gpu_profile(tmp_path, "gpu", settings)
