@@ -36,6 +36,11 @@ class Target:
     torch_device: str = ""  # "cuda" or "cpu" for the torch variant
     loop_tensors: str = "numpy"  # where the `diffusion` loop keeps its tensors (model_repository/bls_executor.py)
 
+    @property
+    def on_gpu(self) -> bool:
+        """Its models run on a GPU (TensorRT engines, or the torch models on CUDA)."""
+        return self.variant == "tensorrt" or self.torch_device == "cuda"
+
 
 # The GPU targets keep the loop's tensors on the GPU across BLS calls; `cpu-torch` takes the same DLPack route on the
 # host, so that route is what its tests exercise.
@@ -84,9 +89,8 @@ def target_values(target: Target, model_dir: Path, manifest: Mapping[str, Any],
     if target.variant == "torch":
         if not all((model_dir / directory / "config.json").is_file() for directory in TORCH_MODULE_DIRS.values()):
             raise ValueError(f"{model_dir} has no torch modules (an export older than format 3): export it again")
-        on_gpu = target.torch_device == "cuda"
-        return {"torch_device": target.torch_device, "torch_instance_kind": "KIND_GPU" if on_gpu else "KIND_CPU",
-                "unet_cuda_graphs": str(UNET_CUDA_GRAPHS if on_gpu else 0)}
+        return {"torch_device": target.torch_device, "torch_instance_kind": "KIND_GPU" if target.on_gpu else "KIND_CPU",
+                "unet_cuda_graphs": str(UNET_CUDA_GRAPHS if target.on_gpu else 0)}
     if target.variant == "tensorrt":
         engines = _checked_engines(model_dir, max_running_requests)["engines"]
         values = {f"{name}_profiles": _profile_list(engines[name]["profiles"])

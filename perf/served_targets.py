@@ -46,7 +46,7 @@ class ServedTarget:
 
 def served_target(target: str, model_dir: Path, settings: ServingSettings) -> ServedTarget:
     """`target` served from the export in `model_dir` with `settings` (their bounds size the GPU's pools)."""
-    if TARGET_SPECS[target].torch_device != "cuda":
+    if not TARGET_SPECS[target].on_gpu:
         return ServedTarget(target)
     manifest = json.loads((model_dir / "manifest.json").read_text())
     loop_tensors = settings.loop_tensors or TARGET_SPECS[target].loop_tensors

@@ -12,6 +12,7 @@ import pytest
 from export.gpu_memory import MemoryPools
 from export.tensorrt_build import ENGINE_DIR, ENGINES_FILE, TensorRTUnavailable
 from perf import serve_gpu
+from perf.served_targets import served_target
 from perf.server import Ports, server_command
 
 POOLS = MemoryPools(cuda_pool_bytes=512 * 2**20, pinned_pool_bytes=1024 * 2**20)
@@ -84,3 +85,12 @@ def test_the_synerdiff_policies_get_a_profile_of_the_torch_models_on_this_gpu(
     assert measured == [(tmp_path, "torch:cuda")]
     with pytest.raises(SystemExit, match="needs --profile .* TensorRT engines"):
         serve_gpu.gpu_profile(tmp_path, "gpu", settings)
+
+
+@pytest.mark.parametrize(("target", "on_gpu"), [("cpu", False), ("cpu-torch", False), ("gpu-torch", True),
+                                                 ("gpu", True)])
+def test_a_measured_server_of_a_gpu_target_gets_the_pools_and_gpu_metrics(tiny_dir: Path, target: str,
+                                                                          on_gpu: bool) -> None:
+    served = served_target(target, tiny_dir, serve_gpu.ServingSettings())
+    assert served.gpu_metrics == on_gpu
+    assert any(flag.startswith("--cuda-memory-pool-byte-size=") for flag in served.server_flags) == on_gpu
