@@ -5,9 +5,9 @@
 * `bench compare`: the policies side by side. For each repetition, for each load, for each policy (interleaved
   in that order, so drift of the machine hits every policy alike): start a fresh tritonserver on free loopback
   ports with the preset's repository rendered for that policy and the target (`cpu` by default; `cpu-torch`,
-  `gpu-torch`: perf/served_targets.py, the profile measured under the target's runtime), warm it up with 2 requests, replay the workload
-  of each arrival pattern in turn, stop it. Loads are fractions of the hardware bound of the request mix
-  (perf.report.hardware_bounds on the model's latency profile). Writes results.json (every record and
+  `gpu-torch`: perf/served_targets.py, the profile measured under the target's runtime), warm it up with 2
+  requests, replay the workload of each arrival pattern in turn, stop it. Loads are fractions of the hardware
+  bound of the request mix (perf.report.hardware_bounds on the model's latency profile). Writes results.json (every record and
   summary), results.md (the table, also printed) and the plots of perf.bench_plots into --out.
 
 Invariants:
@@ -306,9 +306,9 @@ def load_average_line(comparison: Comparison) -> str:
 def header(comparison: Comparison) -> str:
     plan = comparison.plan
     mix = plan.mix
-    return (f"{bounds_line(plan.bounds)} Preset `{plan.preset}`, target `{plan.target}`; request mix: steps {'/'.join(map(str, mix.steps))}, "
-            f"{mix.guided_fraction:.0%} guided at {mix.guidance_scale}; {plan.requests} requests per run, "
-            f"{plan.repeats} repetition(s) (seeds {plan.seed}..{plan.seed + plan.repeats - 1}), arrivals "
+    return (f"{bounds_line(plan.bounds)} Preset `{plan.preset}`, target `{plan.target}`; request mix: steps "
+            f"{'/'.join(map(str, mix.steps))}, {mix.guided_fraction:.0%} guided at {mix.guidance_scale}; "
+            f"{plan.requests} requests per run, {plan.repeats} repetition(s) (seeds {plan.seed}..{plan.seed + plan.repeats - 1}), arrivals "
             f"{', '.join(plan.arrivals)}; Triton {comparison.server_version}; "
             f"wall time {comparison.wall_s / 60:.1f} min.")
 
@@ -356,7 +356,8 @@ def results_json(comparison: Comparison, arguments: dict[str, Any]) -> dict[str,
         "created": datetime.now().astimezone().isoformat(timespec="seconds"),
         "wall_s": comparison.wall_s,
         "server_version": comparison.server_version,
-        "machine": {**machine_facts(ServingSettings.unet_threads, ServingSettings.vae_threads, runtime_of(plan.target)),
+        "machine": {**machine_facts(ServingSettings.unet_threads, ServingSettings.vae_threads,
+                                    runtime_of(plan.target)),
                     "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)},
         "plan": {**asdict(plan), "capacity_arrivals": plan.capacity_arrivals, "timeout_s": plan.timeout_s},
         "capacity": {p: asdict(c) for p, c in comparison.capacity(summaries).items()},
@@ -382,8 +383,9 @@ def run_compare(args: argparse.Namespace) -> int:
     (out / "logs").mkdir(parents=True, exist_ok=True)
     profile, repositories, served = prepare(args.preset, args.target, args.policies, args.build_dir)
     mix = request_mix(args)
-    plan = Plan(args.preset, args.target, tuple(args.policies), tuple(sorted(set(args.loads))), tuple(args.arrivals), args.requests,
-                args.repeats, args.seed, mix, args.slo_factor, hardware_bounds(profile, mix, args.slo_factor))
+    plan = Plan(args.preset, args.target, tuple(args.policies), tuple(sorted(set(args.loads))), tuple(args.arrivals),
+                args.requests, args.repeats, args.seed, mix, args.slo_factor,
+                hardware_bounds(profile, mix, args.slo_factor))
     print(f"bench compare: {bounds_line(plan.bounds)} Writing to {out}", flush=True)
     comparison = compare(plan, served, repositories, out / "logs", started_s)
     arguments = {name: str(value) if isinstance(value, Path) else value for name, value in vars(args).items()}

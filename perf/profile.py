@@ -229,8 +229,8 @@ def _measured_on(path: Path, manifest_sha: str) -> bool:
 def ensure_profile(model_dir: Path | str, *, unet_threads: int = ServingSettings.unet_threads,
                    vae_threads: int = ServingSettings.vae_threads, runtime: str = "onnx", force: bool = False,
                    log: Log = print, **measure_options: Any) -> Path:
-    """The profile file for `model_dir`, this runtime and these thread counts: reused when it exists and was measured on the
-    current manifest (unless `force`), else measured (`measure_options` go to measure_profile) and saved
+    """The profile file for `model_dir`, this runtime and these thread counts: reused when it exists and was measured
+    on the current manifest (unless `force`), else measured (`measure_options` go to measure_profile) and saved
     atomically."""
     model_dir = Path(model_dir).resolve()
     path = profile_path(model_dir, unet_threads, vae_threads, runtime)

@@ -109,8 +109,8 @@ def format_profile(profile: LatencyProfile) -> str:
 def run(args: argparse.Namespace) -> int:
     try:
         path = ensure_profile(args.model_dir, unet_threads=args.unet_threads, vae_threads=args.vae_threads,
-                              runtime=args.runtime, force=args.force, rows=args.rows, repeats=args.repeats, tile_grid=args.tile_grid,
-                              tile_overlap=args.tile_overlap)
+                              runtime=args.runtime, force=args.force, rows=args.rows, repeats=args.repeats,
+                              tile_grid=args.tile_grid, tile_overlap=args.tile_overlap)
     except FileNotFoundError as error:
         print(f"synerdiff profile: error: {args.model_dir} is not an exported model ({error.strerror}: "
               f"{error.filename})")
