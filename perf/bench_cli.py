@@ -7,8 +7,8 @@
   ports with the preset's repository rendered for that policy and the target (`cpu` by default; `cpu-torch`,
   `gpu-torch`: perf/served_targets.py, the profile measured under the target's runtime), warm it up with 2
   requests, replay the workload of each arrival pattern in turn, stop it. Loads are fractions of the hardware
-  bound of the request mix (perf.report.hardware_bounds on the model's latency profile). Writes results.json (every record and
-  summary), results.md (the table, also printed) and the plots of perf.bench_plots into --out.
+  bound of the request mix (perf.report.hardware_bounds on the model's latency profile). Writes results.json
+  (every record and summary), results.md (the table, also printed) and the plots of perf.bench_plots into --out.
 
 Invariants:
 - every policy replays the identical workload of a (repetition, load, arrival pattern): rate = load x the bound,
@@ -308,8 +308,8 @@ def header(comparison: Comparison) -> str:
     mix = plan.mix
     return (f"{bounds_line(plan.bounds)} Preset `{plan.preset}`, target `{plan.target}`; request mix: steps "
             f"{'/'.join(map(str, mix.steps))}, {mix.guided_fraction:.0%} guided at {mix.guidance_scale}; "
-            f"{plan.requests} requests per run, {plan.repeats} repetition(s) (seeds {plan.seed}..{plan.seed + plan.repeats - 1}), arrivals "
-            f"{', '.join(plan.arrivals)}; Triton {comparison.server_version}; "
+            f"{plan.requests} requests per run, {plan.repeats} repetition(s) "
+            f"(seeds {plan.seed}..{plan.seed + plan.repeats - 1}), arrivals {', '.join(plan.arrivals)}; Triton {comparison.server_version}; "
             f"wall time {comparison.wall_s / 60:.1f} min.")
 
 
