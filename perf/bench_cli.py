@@ -309,7 +309,8 @@ def header(comparison: Comparison) -> str:
     return (f"{bounds_line(plan.bounds)} Preset `{plan.preset}`, target `{plan.target}`; request mix: steps "
             f"{'/'.join(map(str, mix.steps))}, {mix.guided_fraction:.0%} guided at {mix.guidance_scale}; "
             f"{plan.requests} requests per run, {plan.repeats} repetition(s) "
-            f"(seeds {plan.seed}..{plan.seed + plan.repeats - 1}), arrivals {', '.join(plan.arrivals)}; Triton {comparison.server_version}; "
+            f"(seeds {plan.seed}..{plan.seed + plan.repeats - 1}), arrivals {', '.join(plan.arrivals)}; "
+            f"Triton {comparison.server_version}; "
             f"wall time {comparison.wall_s / 60:.1f} min.")
 
 
