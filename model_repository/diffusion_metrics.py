@@ -2,7 +2,8 @@
 
 Triton's own statistics cover only `execute()` of a decoupled model (the enqueue), not the generation,
 so these are the numbers to watch: queue and batch sizes per step, Skip-CFG rows, VAE chunk backlog, the
-controller's threshold, planner decision time, step and end-to-end latency, outcomes.
+controller's threshold, planner decision time, step latency and the loop's own share of it, end-to-end latency,
+outcomes.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from scheduler_backend.errors import Cancelled, InvalidArgument, Overloaded, Syn
 _LATENCY_BUCKETS_S = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
 _ROW_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
 _PLANNING_BUCKETS_S = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025)
+_LOOP_OWN_BUCKETS_S = (*_PLANNING_BUCKETS_S, 0.05, 0.1)
 _OUTCOMES = ("success", "invalid_argument", "rejected_overload", "cancelled", "failed")
 
 
@@ -48,6 +50,9 @@ class DiffusionMetrics:
                                       "UNet calls whose rows were at different timesteps")
         self._step_latency = factory.histogram("synerdiff_step_latency_seconds", "Loop iteration latency",
                                                _LATENCY_BUCKETS_S)
+        self._loop_own = factory.histogram("synerdiff_loop_own_seconds",
+                                           "Loop iteration time outside model calls (planning, inputs, guidance, "
+                                           "sampler step)", _LOOP_OWN_BUCKETS_S)
         self._e2e_latency = factory.histogram("synerdiff_request_latency_seconds",
                                               "Arrival to final response, successful requests", _LATENCY_BUCKETS_S)
         self._outcomes = factory.counters("synerdiff_requests_total", "Requests by final outcome", "outcome",
@@ -75,6 +80,7 @@ class DiffusionMetrics:
             return
         self._planning.observe(report.planning_s)
         self._step_latency.observe(report.latency_s)
+        self._loop_own.observe(report.loop_own_s)
         if report.unet_rows:
             self._unet_rows.observe(report.unet_rows)
         for counter, amount in ((self._mixed, report.mixed_timestep_calls), (self._skipped, report.skipped_cfg_rows),

@@ -12,6 +12,9 @@ Method, in one command:
    response) cancels out.
 3. Overhead = served step - bare step, and its fraction of the bare step. R = concurrency x 2 with guidance
    (the conditional and unconditional rows), x 1 without.
+4. Of which the loop's own work: the same marginal over the server's `synerdiff_loop_own_seconds` (real time of an
+   iteration outside model calls), read from /metrics around each wall; the rest of the overhead is the BLS
+   calls' transport (inputs and outputs through shared memory or DLPack, Triton's scheduling of the call).
 
 Invariants: every served request must come back with an image (else RuntimeError naming the outcomes); the bare
 and the served steps run at the same latent size (the manifest's default) with the same runtime and thread count;
@@ -37,10 +40,26 @@ from perf.loadgen import replay
 from perf.profile import median_seconds, unet_inputs
 from perf.runtimes import runner, runtime_facts
 from perf.served_targets import MEASURED_TARGETS, runtime_of, served_target
+from perf.server import TritonServer, metric_value
 from perf.workload import Arrival
 
 ROOT = Path(__file__).resolve().parents[1]
 EXIT_OK = 0
+LOOP_OWN_SUM = "synerdiff_loop_own_seconds_sum"
+
+
+@dataclass(frozen=True)
+class Probe:
+    target: str
+    concurrency: tuple[int, ...]
+    low_steps: int
+    high_steps: int
+    guidance_scale: float
+    repeats: int
+
+    @property
+    def rows_per_request(self) -> int:
+        return 2 if self.guidance_scale > 1.0 else 1
 
 
 @dataclass(frozen=True)
@@ -49,6 +68,7 @@ class StepOverhead:
     rows: int
     bare_step_s: float  # the UNet call alone
     served_step_s: float  # the marginal cost of one more step through the server
+    loop_own_step_s: float  # of it, the loop's own work outside model calls
 
     @property
     def overhead_s(self) -> float:
@@ -68,10 +88,12 @@ def marginal_step_seconds(low_walls: Sequence[float], high_walls: Sequence[float
 
 
 def format_table(results: Sequence[StepOverhead]) -> str:
-    lines = ["| requests at once | UNet rows | bare UNet step | served step | overhead | overhead / UNet step |",
-             "|---|---|---|---|---|---|"]
+    lines = ["| requests at once | UNet rows | bare UNet step | served step | overhead | overhead / UNet step "
+             "| of which the loop's own work |",
+             "|---|---|---|---|---|---|---|"]
     lines += [f"| {r.concurrency} | {r.rows} | {r.bare_step_s * 1e3:.2f} ms | {r.served_step_s * 1e3:.2f} ms | "
-              f"{r.overhead_s * 1e3:+.2f} ms | {r.fraction:+.1%} |" for r in results]
+              f"{r.overhead_s * 1e3:+.2f} ms | {r.fraction:+.1%} | {r.loop_own_step_s * 1e3:.2f} ms |"
+              for r in results]
     return "\n".join(lines)
 
 
@@ -86,38 +108,38 @@ def bare_step_seconds(model_dir: Path, manifest: dict[str, Any], runtime: str, t
     return median_seconds(call, repeats, warmups=2)
 
 
-def served_wall_seconds(grpc_url: str, concurrency: int, steps: int, guidance_scale: float) -> float:
-    """`concurrency` requests sent at once; the time until the last one answered with its image."""
+@dataclass(frozen=True)
+class ServedRun:
+    wall_s: float  # until the last request answered with its image
+    loop_own_s: float  # the server's loop-own seconds over the run (every iteration of it)
+
+
+def served_run(server: TritonServer, concurrency: int, steps: int, guidance_scale: float) -> ServedRun:
+    """`concurrency` requests sent at once, each for `steps` steps."""
     arrivals = [Arrival(0.0, steps, guidance_scale, seed=index) for index in range(concurrency)]
-    records = asyncio.run(replay(grpc_url, arrivals, progress=False))
+    own_before = metric_value(server.ports.metrics_url, LOOP_OWN_SUM) or 0.0
+    records = asyncio.run(replay(server.ports.grpc_url, arrivals, progress=False))
+    own_after = metric_value(server.ports.metrics_url, LOOP_OWN_SUM) or 0.0
     outcomes = [record.outcome for record in records]
     if outcomes != ["image"] * concurrency:
         raise RuntimeError(f"served requests did not all return an image: {outcomes}")
-    return max(record.finished_s for record in records if record.finished_s is not None)
+    return ServedRun(max(record.finished_s for record in records if record.finished_s is not None),
+                     own_after - own_before)
 
 
-def served_step_seconds(grpc_url: str, concurrency: int, low_steps: int, high_steps: int, guidance_scale: float,
-                        repeats: int) -> float:
-    served_wall_seconds(grpc_url, concurrency, low_steps, guidance_scale)  # warm-up at this batch
-    low, high = [], []
-    for _ in range(repeats):  # alternated, so drift of the machine hits both alike
-        low.append(served_wall_seconds(grpc_url, concurrency, low_steps, guidance_scale))
-        high.append(served_wall_seconds(grpc_url, concurrency, high_steps, guidance_scale))
-    return marginal_step_seconds(low, high, low_steps, high_steps)
-
-
-@dataclass(frozen=True)
-class Probe:
-    target: str
-    concurrency: tuple[int, ...]
-    low_steps: int
-    high_steps: int
-    guidance_scale: float
-    repeats: int
-
-    @property
-    def rows_per_request(self) -> int:
-        return 2 if self.guidance_scale > 1.0 else 1
+def served_steps(server: TritonServer, concurrency: int, probe: Probe) -> tuple[float, float]:
+    """(served step, the loop's own work in it): marginal seconds per step."""
+    served_run(server, concurrency, probe.low_steps, probe.guidance_scale)  # warm-up at this batch
+    low: list[ServedRun] = []
+    high: list[ServedRun] = []
+    for _ in range(probe.repeats):  # alternated, so drift of the machine hits both alike
+        low.append(served_run(server, concurrency, probe.low_steps, probe.guidance_scale))
+        high.append(served_run(server, concurrency, probe.high_steps, probe.guidance_scale))
+    step_s = marginal_step_seconds([r.wall_s for r in low], [r.wall_s for r in high], probe.low_steps,
+                                   probe.high_steps)
+    own_s = ((statistics.fmean(r.loop_own_s for r in high) - statistics.fmean(r.loop_own_s for r in low))
+             / (probe.high_steps - probe.low_steps))
+    return step_s, own_s
 
 
 def measure(model_dir: Path, probe: Probe, build_dir: Path, log_path: Path) -> list[StepOverhead]:
@@ -127,14 +149,13 @@ def measure(model_dir: Path, probe: Probe, build_dir: Path, log_path: Path) -> l
     repository = render_repository(model_dir, build_dir / "overhead-repositories" / model_dir.name / probe.target,
                                    probe.target, settings)
     with served_target(probe.target, model_dir, settings).server(repository, log_path) as server:
-        served = {c: served_step_seconds(server.ports.grpc_url, c, probe.low_steps, probe.high_steps,
-                                         probe.guidance_scale, probe.repeats) for c in probe.concurrency}
+        served = {c: served_steps(server, c, probe) for c in probe.concurrency}
     manifest = json.loads((model_dir / "manifest.json").read_text())
     runtime = runtime_of(probe.target)
     return [StepOverhead(c, c * probe.rows_per_request,
                          bare_step_seconds(model_dir, manifest, runtime, settings.unet_threads,
                                            c * probe.rows_per_request, 2 * probe.repeats + 1),
-                         served[c])
+                         *served[c])
             for c in probe.concurrency]
 
 

@@ -285,6 +285,19 @@ def serve_in_foreground(server: TritonServer) -> int:
     return 0 if code == 0 and not server.gave_up.is_set() else 1
 
 
+def metric_value(metrics_url: str, name: str, labels: str = "") -> float | None:
+    """Sum of one metric's samples on /metrics (only those whose labels contain `labels`); None when the endpoint
+    does not answer or has no such sample."""
+    try:
+        with urllib.request.urlopen(metrics_url, timeout=5) as reply:
+            text = reply.read().decode()
+    except OSError:
+        return None
+    values = [float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+              if line.startswith(name) and line[len(name):len(name) + 1] in (" ", "{") and labels in line]
+    return sum(values) if values else None
+
+
 def child_pids(pid: int) -> list[int]:
     try:
         out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True, text=True).stdout

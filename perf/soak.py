@@ -32,7 +32,6 @@ import random
 import sys
 import threading
 import time
-import urllib.request
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
@@ -40,7 +39,7 @@ from typing import Any, Sequence
 
 from perf.loadgen import replay, server_version
 from perf.report import RequestRecord, summarize_records, summary_line
-from perf.server import Ports, TritonServer, child_pids, free_ports, shm_regions_of
+from perf.server import Ports, TritonServer, child_pids, free_ports, metric_value, shm_regions_of
 from perf.workload import Arrival, RequestMix, poisson_arrivals
 from scheduler_backend.policies import POLICIES
 
@@ -172,18 +171,6 @@ class MemorySampler:
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join()
-
-
-def metric_value(metrics_url: str, name: str) -> float | None:
-    """Sum of one metric's samples on /metrics; None when the endpoint does not answer or lacks it."""
-    try:
-        with urllib.request.urlopen(metrics_url, timeout=5) as reply:
-            text = reply.read().decode()
-    except OSError:
-        return None
-    values = [float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-              if line.startswith(name) and line[len(name):len(name) + 1] in (" ", "{")]
-    return sum(values) if values else None
 
 
 # -- the server ---------------------------------------------------------------------------------------------------

@@ -27,7 +27,7 @@ import asyncio
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Callable, Protocol, Sequence
+from typing import Awaitable, Callable, Protocol, Sequence, TypeVar
 
 import numpy as np
 
@@ -40,6 +40,8 @@ from scheduler_backend.sampler import (NoiseSchedule, SamplerPlan, batched_step,
                                        make_sampler_plan)
 from scheduler_backend.skip_cfg import SkipCfgPolicy
 from scheduler_backend.vae_chunks import ChunkingSpec, VaeJob
+
+T = TypeVar("T")
 
 
 class Executor(Protocol):
@@ -107,6 +109,7 @@ class StepReport:
     predicted_s: float | None = None  # the planner's estimate of this iteration
     planning_s: float = 0.0  # the planner's decision time (wall clock, with the view it reads)
     latency_s: float = 0.0
+    loop_own_s: float = 0.0  # real time outside model calls: planning, inputs, guidance, sampler step, bookkeeping
     retry_after_s: float | None = None  # an idle planner's wish to be asked again after this long
 
     @property
@@ -159,6 +162,7 @@ class Engine:
         self._arrays = arrays
         self._queues = _Queues()
         self._live: dict[str, _Generation] = {}
+        self._model_calls = _ModelCallTime()  # of the step under way
 
     # -- the request side ---------------------------------------------------------------------------
 
@@ -240,6 +244,7 @@ class Engine:
         started_s = self._clock()
         expired = self._expire_waiting(started_s)
         planning_started = time.perf_counter()  # a real duration, whatever clock the engine runs on
+        self._model_calls = _ModelCallTime()
         plan = self._planner.plan(self._view())
         planning_s = time.perf_counter() - planning_started
         if plan.is_idle:
@@ -278,7 +283,8 @@ class Engine:
             threshold=plan.threshold,
             predicted_s=plan.predicted_s,
             planning_s=planning_s,
-            latency_s=self._clock() - started_s)
+            latency_s=self._clock() - started_s,
+            loop_own_s=time.perf_counter() - planning_started - self._model_calls.seconds)
 
     def _expire_waiting(self, now_s: float) -> list[Event]:
         """End the waiting requests whose queue deadline has passed."""
@@ -333,7 +339,7 @@ class Engine:
         latents = self._arrays.stack([generation.latent for generation in batch])[request_of_row]
         samples = latents * per_row(per_row_values[1], latents)
         embeddings = self._arrays.concat([_rows(generation, skips) for generation in batch])
-        return await self._executor.run_unet(samples, per_row_values[0], embeddings)
+        return await self._model_calls.timed(self._executor.run_unet(samples, per_row_values[0], embeddings))
 
     def _is_live(self, generation: _Generation) -> bool:
         """Still the same live request (not aborted, and its id not reused, while a call ran)."""
@@ -396,9 +402,10 @@ class Engine:
             ran += [ChunkWork(chunk.kind, tuple(job.latent.shape)) for job in jobs]  # type: ignore[union-attr]
             try:
                 if chunk.kind.startswith("stage"):
-                    outcome: Array | BaseException = await self._executor.run_vae_stage(chunk.index, inputs)
+                    outcome: Array | BaseException = await self._model_calls.timed(
+                        self._executor.run_vae_stage(chunk.index, inputs))
                 else:
-                    outcome = await self._executor.run_vae(inputs)
+                    outcome = await self._model_calls.timed(self._executor.run_vae(inputs))
             except Exception as error:
                 outcome = error
             events += self._apply_vae(batch, outcome)
@@ -433,6 +440,27 @@ class Engine:
         error = cause if isinstance(cause, SynerDiffError) else ExecutionFailed(f"{model} call failed")
         return [event for generation in batch
                 if self._is_live(generation) and (event := self.abort(generation.request_id, error))]
+
+
+class _ModelCallTime:
+    """Real seconds during which at least one model call of a step was in flight (the UNet calls and the VAE lane
+    overlap, so their durations are not summed)."""
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+        self._in_flight = 0
+        self._since = 0.0
+
+    async def timed(self, call: Awaitable[T]) -> T:
+        if self._in_flight == 0:
+            self._since = time.perf_counter()
+        self._in_flight += 1
+        try:
+            return await call
+        finally:
+            self._in_flight -= 1
+            if self._in_flight == 0:
+                self.seconds += time.perf_counter() - self._since
 
 
 def _earliest(*delays: float | None) -> float | None:

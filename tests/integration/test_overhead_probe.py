@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from client.cli import main as cli_main
-from perf.overhead import Probe, measure
+from perf.overhead import Probe, measure, served_run
+from perf.server import TritonServer
 
 
 @pytest.mark.parametrize("target", ["cpu", "cpu-torch"])
@@ -35,4 +36,11 @@ def test_the_command_prints_the_table_and_writes_the_json(tiny_models: Path, tmp
     written = json.loads(out.read_text())
     assert written["probe"]["target"] == "cpu" and written["machine"]["onnxruntime"]
     (result,) = written["results"]
-    assert result["rows"] == 2 and result["fraction"] == pytest.approx(result["overhead_s"] / result["bare_step_s"])
+    assert result["rows"] == 2 and "loop_own_step_s" in result and result["fraction"] == pytest.approx(result["overhead_s"] / result["bare_step_s"])
+
+
+def test_a_served_run_reads_the_loops_own_time_from_the_servers_metrics(server: TritonServer) -> None:
+    """synerdiff_loop_own_seconds grows by the run's iterations outside model calls: more than nothing, less than
+    the run's wall."""
+    run = served_run(server, concurrency=2, steps=3, guidance_scale=7.5)
+    assert 0.0 < run.loop_own_s < run.wall_s

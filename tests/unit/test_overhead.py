@@ -21,16 +21,16 @@ def test_the_step_counts_must_differ_upwards(low: int, high: int) -> None:
 
 
 def test_overhead_and_its_fraction_of_the_unet_step() -> None:
-    step = StepOverhead(concurrency=2, rows=4, bare_step_s=0.040, served_step_s=0.050)
+    step = StepOverhead(concurrency=2, rows=4, bare_step_s=0.040, served_step_s=0.050, loop_own_step_s=0.002)
     assert step.overhead_s == pytest.approx(0.010) and step.fraction == pytest.approx(0.25)
 
 
 def test_the_table_has_a_row_per_concurrency() -> None:
-    table = format_table([StepOverhead(1, 2, 0.040, 0.050), StepOverhead(4, 8, 0.100, 0.101)])
+    table = format_table([StepOverhead(1, 2, 0.040, 0.050, 0.002), StepOverhead(4, 8, 0.100, 0.101, 0.0005)])
     lines = table.splitlines()
     assert len(lines) == 4
-    assert lines[2] == "| 1 | 2 | 40.00 ms | 50.00 ms | +10.00 ms | +25.0% |"
-    assert lines[3].endswith("| +1.00 ms | +1.0% |")
+    assert lines[2] == "| 1 | 2 | 40.00 ms | 50.00 ms | +10.00 ms | +25.0% | 2.00 ms |"
+    assert lines[3].endswith("| +1.00 ms | +1.0% | 0.50 ms |")
 
 
 @pytest.mark.parametrize(("guidance", "rows"), [(7.5, 2), (1.0, 1)])
