@@ -36,7 +36,8 @@ def test_the_command_prints_the_table_and_writes_the_json(tiny_models: Path, tmp
     written = json.loads(out.read_text())
     assert written["probe"]["target"] == "cpu" and written["machine"]["onnxruntime"]
     (result,) = written["results"]
-    assert result["rows"] == 2 and "loop_own_step_s" in result and result["fraction"] == pytest.approx(result["overhead_s"] / result["bare_step_s"])
+    assert result["rows"] == 2 and "loop_own_step_s" in result
+    assert result["fraction"] == pytest.approx(result["overhead_s"] / result["bare_step_s"])
 
 
 def test_a_served_run_reads_the_loops_own_time_from_the_servers_metrics(server: TritonServer) -> None:
