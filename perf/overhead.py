@@ -13,8 +13,9 @@ Method, in one command:
 3. Overhead = served step - bare step, and its fraction of the bare step. R = concurrency x 2 with guidance
    (the conditional and unconditional rows), x 1 without.
 4. Of which the loop's own work: the same marginal over the server's `synerdiff_loop_own_seconds` (real time of an
-   iteration outside model calls), read from /metrics around each wall; the rest of the overhead is the BLS
-   calls' transport (inputs and outputs through shared memory or DLPack, Triton's scheduling of the call).
+   iteration outside model calls), read from /metrics around each wall; the rest of the overhead is what the BLS
+   calls add to the bare model call (inputs and outputs through shared memory or DLPack, Triton's scheduling of the
+   call, the model running in its own stub process).
 
 Invariants: every served request must come back with an image (else RuntimeError naming the outcomes); the bare
 and the served steps run at the same latent size (the manifest's default) with the same runtime and thread count;
