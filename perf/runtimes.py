@@ -18,11 +18,14 @@ profiling threads share the device's default stream (time-sliced, as two server 
 
 from __future__ import annotations
 
+import os
 import platform
 from pathlib import Path
 from typing import Any, Callable, Mapping, Protocol, Sequence
 
 import numpy as np
+
+from model_repository.bls_executor import torch_loop_device
 
 Call = Callable[[], Any]  # one model call with fixed inputs
 
@@ -37,17 +40,24 @@ class Runner(Protocol):
         ...
 
 
-def parse_runtime(text: str) -> str:
-    """`text` if it names a runtime, else ValueError naming the choices."""
-    if text == "onnx" or text in ("torch:cpu", "torch:cuda") or (
-            text.startswith("torch:cuda:") and text.removeprefix("torch:cuda:").isdigit()):
-        return text
-    raise ValueError(f"runtime must be onnx, torch:cpu or torch:cuda[:N], got {text!r}")
-
-
 def torch_device(runtime: str) -> str | None:
-    """"torch:cuda:1" -> "cuda:1"; None for onnx."""
-    return runtime.removeprefix("torch:") if runtime.startswith("torch:") else None
+    """"torch:cuda:1" -> "cuda:1"; None for onnx; ValueError naming the choices for anything else. A torch runtime
+    names its device as a `loop_tensors` value does (model_repository.bls_executor.torch_loop_device)."""
+    if runtime == "onnx":
+        return None
+    try:
+        device = torch_loop_device(runtime)
+    except ValueError:
+        device = None
+    if device is None:
+        raise ValueError(f"runtime must be onnx, torch:cpu or torch:cuda[:N], got {runtime!r}")
+    return device
+
+
+def parse_runtime(text: str) -> str:
+    """The runtime `text` names, written canonically; ValueError naming the choices."""
+    device = torch_device(text)
+    return "onnx" if device is None else f"torch:{device}"
 
 
 def cpu_model() -> str:
@@ -63,8 +73,6 @@ def cpu_model() -> str:
 def runtime_facts(runtime: str) -> dict[str, Any]:
     """What a measurement under `runtime` depends on besides the model and the thread counts. For onnx these are
     the facts profiles were always keyed by, so existing profiles keep their keys."""
-    import os
-
     facts: dict[str, Any] = {"cpu": cpu_model(), "cpu_count": os.cpu_count()}
     device = torch_device(runtime)
     if device is None:
@@ -142,7 +150,7 @@ def _torch_runners(model_dir: Path, graph: str, threads: int, device_name: str) 
 
 def runners(runtime: str, model_dir: Path, manifest: Mapping[str, Any], graph: str, threads: int) -> list[Runner]:
     """One runner per module of `graph` ("unet", "vae_decoder", "vae_stages") of the export in `model_dir`."""
-    device = torch_device(parse_runtime(runtime))
+    device = torch_device(runtime)
     if device is None:
         return _onnx_runners(model_dir, manifest, graph, threads)
     return _torch_runners(model_dir, graph, threads, device)
