@@ -21,13 +21,16 @@ from export.targets import TARGET_SPECS
 from model_repository.bls_executor import loop_on_gpu
 from perf.server import Ports, TritonServer, free_ports
 
-RUNTIME_OF_TARGET = {"cpu": "onnx", "cpu-torch": "torch:cpu", "gpu-torch": "torch:cuda"}
-MEASURED_TARGETS = tuple(RUNTIME_OF_TARGET)
+MEASURED_TARGETS = tuple(name for name, spec in TARGET_SPECS.items() if spec.variant != "tensorrt")
 
 
 def runtime_of(target: str) -> str:
-    """The runtime the target's unet and VAE models run under, for the profiler."""
-    return RUNTIME_OF_TARGET[target]
+    """The runtime the target's unet and VAE models run under, for the profiler: ONNX Runtime for the default
+    models, torch on the target's device for the torch ones. ValueError for TensorRT (not profiled in-process)."""
+    spec = TARGET_SPECS[target]
+    if spec.variant == "tensorrt":
+        raise ValueError(f"target {target!r} runs TensorRT engines, which the profiler does not measure")
+    return f"torch:{spec.torch_device}" if spec.variant == "torch" else "onnx"
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ import pytest
 from export.exporter import export_models
 from perf.profile import unet_inputs
 from perf.runtimes import parse_runtime, runner, runners, torch_device
+from perf.served_targets import MEASURED_TARGETS, runtime_of
 
 BUILD = Path(__file__).resolve().parents[2] / "build"
 
@@ -59,3 +60,10 @@ def test_a_graph_with_several_modules_is_not_one_runner(tiny_dir: Path) -> None:
     manifest = json.loads((tiny_dir / "manifest.json").read_text())
     with pytest.raises(ValueError):
         runner("onnx", tiny_dir, manifest, "vae_stages", 1)
+
+
+def test_each_measured_target_is_profiled_under_the_runtime_its_models_run() -> None:
+    assert {target: runtime_of(target) for target in MEASURED_TARGETS} == {
+        "cpu": "onnx", "cpu-torch": "torch:cpu", "gpu-torch": "torch:cuda"}
+    with pytest.raises(ValueError, match="TensorRT"):
+        runtime_of("gpu")
