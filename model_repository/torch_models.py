@@ -18,7 +18,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-
 from model_repository import triton_edge
 from model_repository.onnx_model import (intra_op_threads, max_input_elements, parse_bindings, reply_each,
                                          required_inputs)

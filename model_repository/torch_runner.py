@@ -11,8 +11,8 @@ CUDA graphs (`max_cuda_graphs` > 0, CUDA only): the first call at a new set of i
 up the kernels) and captures a graph for those shapes into one memory pool shared by all of this runner's graphs;
 later calls at those shapes copy their inputs into the graph's static inputs and replay it. Sharing the pool is
 safe because a runner's graphs never run concurrently (one Triton model instance executes one request at a time)
-and each output is copied out of the graph's memory (the float32 cast of the fp16 output) before the next replay. At most `max_cuda_graphs` shapes are captured; other
-shapes run eagerly.
+and each output is copied out of the graph's memory (the float32 cast of the fp16 output) before the next replay.
+At most `max_cuda_graphs` shapes are captured; other shapes run eagerly.
 """
 
 from __future__ import annotations

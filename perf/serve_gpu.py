@@ -11,9 +11,9 @@ Defaults for a GPU differ from the CPU launcher (perf/serve.py) in one place: th
 (`--loop-tensors torch:cuda`: DLPack across BLS calls), so the exact `stages` chunks hand the decoder's activations
 from engine to engine without leaving the device. With `--loop-tensors numpy` the default chunking becomes
 `tiles:2x2:4`: stage activations would cross the host (384 MiB per 512 x 512 image for SD-1.5's stage 3;
-docs/design.md §6), tiles carry only latents and image tiles. Serving keeps the CPU launcher's hygiene: model control `none`, the admin APIs
-behind the admin key (perf/server.py), and 127.0.0.1 unless `--address` says otherwise (the container's command
-does, see deploy/Dockerfile). Not run in this repository's CI: there is no GPU or container here.
+docs/design.md §6), tiles carry only latents and image tiles. Serving keeps the CPU launcher's hygiene: model
+control `none`, the admin APIs behind the admin key (perf/server.py), and 127.0.0.1 unless `--address` says
+otherwise (the container's command does, see deploy/Dockerfile). Not run in this repository's CI: there is no GPU or container here.
 """
 
 from __future__ import annotations

@@ -8,8 +8,8 @@ the process hygiene that Triton 2.51 needs on this kind of host (research/feasib
   logging) restricted to clients that send the `synerdiff-admin-key` header with the server's admin key (a
   random one unless `SYNERDIFF_ADMIN_KEY` is set, so by default nobody has them);
 - stop: SIGTERM, wait past the exit timeout, then SIGKILL the server and the stubs it started, wait until
-  they are gone, and remove the shared-memory regions named on those stubs' command lines (an open gRPC stream can keep
-  a decoupled model's stub alive after the server has given up on it).
+  they are gone, and remove the shared-memory regions named on those stubs' command lines (an open gRPC stream
+  can keep a decoupled model's stub alive after the server has given up on it).
 """
 
 from __future__ import annotations
