@@ -39,7 +39,7 @@ from export.render import ServingSettings, render_repository
 from perf.bench_cli import comma_list
 from perf.loadgen import replay
 from perf.profile import median_seconds, unet_inputs
-from perf.runtimes import runner, runtime_facts
+from perf.runtimes import Runner, runner, runtime_facts
 from perf.served_targets import MEASURED_TARGETS, runtime_of, served_target
 from perf.server import TritonServer, metric_value
 from perf.workload import Arrival
@@ -101,10 +101,8 @@ def format_table(results: Sequence[StepOverhead]) -> str:
 # -- the two measurements ---------------------------------------------------------------------------------------
 
 
-def bare_step_seconds(model_dir: Path, manifest: dict[str, Any], runtime: str, threads: int, rows: int,
-                      repeats: int) -> float:
+def bare_step_seconds(unet: Runner, manifest: dict[str, Any], rows: int, repeats: int) -> float:
     side = manifest["default_size"] // manifest["vae_scale_factor"]
-    unet = runner(runtime, model_dir, manifest, "unet", threads)
     call = unet.bind(unet_inputs(manifest, rows, (side, side), np.random.default_rng(0)))
     return median_seconds(call, repeats, warmups=2)
 
@@ -152,11 +150,9 @@ def measure(model_dir: Path, probe: Probe, build_dir: Path, log_path: Path) -> l
     with served_target(probe.target, model_dir, settings).server(repository, log_path) as server:
         served = {c: served_steps(server, c, probe) for c in probe.concurrency}
     manifest = json.loads((model_dir / "manifest.json").read_text())
-    runtime = runtime_of(probe.target)
-    return [StepOverhead(c, c * probe.rows_per_request,
-                         bare_step_seconds(model_dir, manifest, runtime, settings.unet_threads,
-                                           c * probe.rows_per_request, 2 * probe.repeats + 1),
-                         *served[c])
+    unet = runner(runtime_of(probe.target), model_dir, manifest, "unet", settings.unet_threads)
+    rows = {c: c * probe.rows_per_request for c in probe.concurrency}
+    return [StepOverhead(c, rows[c], bare_step_seconds(unet, manifest, rows[c], 2 * probe.repeats + 1), *served[c])
             for c in probe.concurrency]
 
 
